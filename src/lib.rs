@@ -15,6 +15,7 @@
 //!
 //! Failures become HTTP answers in exactly one place, [`error::Reject::response`].
 
+pub mod certs;
 pub mod config;
 pub mod error;
 pub mod tls;
