@@ -1,0 +1,641 @@
+//! Raw config -> validated [`Config`], applying every rule of SPEC §2 and collecting every
+//! problem instead of stopping at the first, so one `check` run shows the operator all of them.
+//!
+//! Problems are addressed by [`KeyPath`]; turning those into line numbers is `locate`'s job.
+//! Where a value is bad, a stand-in is used so that checking can go on; it can never be seen,
+//! because [`validate`] returns `Err` as soon as any problem was recorded.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::StatusCode;
+use rustls::pki_types::ServerName;
+
+use super::duration;
+use super::locate::KeyPath;
+use super::model::{
+    AdminConfig, Balance, Config, HealthCheck, HostPattern, Limits, ListenerConfig, ProxyVersion,
+    RouteConfig, Select, ServerAddr, SniCert, SubprotocolRoute, TlsConfig, UpgradeRoute,
+    UpstreamConfig, UpstreamTls, WebSocketConfig,
+};
+use super::raw::{
+    RawConfig, RawDuration, RawLimits, RawListener, RawListenerTls, RawRoute, RawUpstream,
+    RawWebSocket,
+};
+use super::syntax::{is_dns_name, is_token, parse_bind, parse_host_pattern, parse_server};
+use crate::tls::{self, TlsError};
+
+/// One problem: where, and what is wrong (quoting the offending value).
+pub(super) type Problem = (KeyPath, String);
+
+/// Smallest accepted `limits.max_header_bytes`: below this, ordinary browser handshakes
+/// (cookies, several `Sec-WebSocket-*` headers) would already be refused with 431.
+const MIN_HEADER_BYTES: i64 = 1024;
+/// Largest accepted `limits.max_header_bytes` (1 MiB): a bigger head is an attack, not a client.
+const MAX_HEADER_BYTES: i64 = 1 << 20;
+
+/// WebSocket versions the handshake knows (RFC 6455 §4.4 and the drafts it replaced).
+const KNOWN_VERSIONS: [i64; 3] = [13, 8, 7];
+
+/// Validates `raw`, read from `source`; relative file names resolve against `base` (the config
+/// file's directory, SPEC §2).
+pub(super) fn validate(
+    raw: &RawConfig,
+    base: &Path,
+    source: &Path,
+) -> Result<Config, Vec<Problem>> {
+    let mut v = Validator {
+        problems: Vec::new(),
+        base,
+    };
+    let root = KeyPath::root();
+    let listeners = v.listeners(&root.key("listener"), &raw.listener);
+    let admin = raw.admin.as_ref().map(|admin| AdminConfig {
+        bind: v.bind(&root.key("admin").key("bind"), &admin.bind),
+    });
+    v.duplicate_binds(raw);
+    let websocket = v.websocket(&root.key("websocket"), &raw.websocket);
+    let limits = v.limits(&root.key("limits"), &raw.limits);
+    let upstreams = v.upstreams(&root.key("upstreams"), &raw.upstreams);
+    let routes = v.routes(&root.key("route"), &raw.route, &raw.upstreams);
+    if !v.problems.is_empty() {
+        return Err(v.problems);
+    }
+    Ok(Config {
+        source: source.to_owned(),
+        listeners,
+        admin,
+        websocket,
+        limits,
+        upstreams,
+        routes,
+    })
+}
+
+struct Validator<'a> {
+    problems: Vec<Problem>,
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn bad(&mut self, at: &KeyPath, problem: impl Into<String>) {
+        self.problems.push((at.clone(), problem.into()));
+    }
+
+    /// A file name from the config, relative to the config file's directory.
+    fn resolve(&self, file: &str) -> PathBuf {
+        self.base.join(file)
+    }
+
+    fn bind(&mut self, at: &KeyPath, text: &str) -> SocketAddr {
+        parse_bind(text).unwrap_or_else(|problem| {
+            self.bad(at, problem);
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn listeners(&mut self, at: &KeyPath, raw: &[RawListener]) -> Vec<ListenerConfig> {
+        if raw.is_empty() {
+            self.bad(
+                at,
+                "no listener: at least one [[listener]] with a bind address is required",
+            );
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let at = at.index(i);
+                let tls = listener
+                    .tls
+                    .as_ref()
+                    .map(|tls| self.listener_tls(&at.key("tls"), tls));
+                ListenerConfig {
+                    bind: self.bind(&at.key("bind"), &listener.bind),
+                    // ALPN needs TLS, so h2 is on by default only where TLS is (SPEC §2).
+                    http2: listener.http2.unwrap_or(tls.is_some()),
+                    proxy_protocol: listener.proxy_protocol,
+                    tls,
+                }
+            })
+            .collect()
+    }
+
+    /// Two sockets cannot listen on one address; the listeners and `[admin]` share the space.
+    /// Port 0 asks the OS for a fresh port each time, so it never collides.
+    fn duplicate_binds(&mut self, raw: &RawConfig) {
+        let root = KeyPath::root();
+        let listeners = raw
+            .listener
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (root.key("listener").index(i).key("bind"), &l.bind));
+        let admin = raw
+            .admin
+            .iter()
+            .map(|a| (root.key("admin").key("bind"), &a.bind));
+        let mut seen: HashMap<SocketAddr, KeyPath> = HashMap::new();
+        for (at, text) in listeners.chain(admin) {
+            let Ok(addr) = parse_bind(text) else { continue };
+            if addr.port() == 0 {
+                continue;
+            }
+            match seen.get(&addr) {
+                Some(first) => {
+                    let problem =
+                        format!("duplicate bind address {text}: already bound by {first}");
+                    self.bad(&at, problem);
+                }
+                None => {
+                    seen.insert(addr, at);
+                }
+            }
+        }
+    }
+
+    fn listener_tls(&mut self, at: &KeyPath, raw: &RawListenerTls) -> TlsConfig {
+        let cert = self.resolve(&raw.cert);
+        let key = self.resolve(&raw.key);
+        self.cert_pair(at, &cert, &key);
+        let mut seen: HashMap<String, KeyPath> = HashMap::new();
+        let mut sni = Vec::with_capacity(raw.sni.len());
+        for (i, entry) in raw.sni.iter().enumerate() {
+            let at = at.key("sni").index(i);
+            if entry.names.is_empty() {
+                self.bad(
+                    &at.key("names"),
+                    "empty names list: an sni entry serves at least one name",
+                );
+            }
+            let mut names = Vec::with_capacity(entry.names.len());
+            for (j, name) in entry.names.iter().enumerate() {
+                let name_at = at.key("names").index(j);
+                let lower = name.to_ascii_lowercase();
+                // RFC 6066 §3: SNI carries DNS host names only, never IP literals.
+                if !is_dns_name(&lower) {
+                    self.bad(&name_at, format!("{name:?} is not a DNS name"));
+                    continue;
+                }
+                if let Some(first) = seen.get(&lower) {
+                    let problem = format!("SNI name {name:?} is already served by {first}");
+                    self.bad(&name_at, problem);
+                    continue;
+                }
+                seen.insert(lower.clone(), name_at);
+                names.push(lower);
+            }
+            let cert = self.resolve(&entry.cert);
+            let key = self.resolve(&entry.key);
+            self.cert_pair(&at, &cert, &key);
+            sni.push(SniCert { names, cert, key });
+        }
+        TlsConfig { cert, key, sni }
+    }
+
+    /// Loads a certificate and key as the listener will, so that an unreadable or mismatched
+    /// pair fails `check` rather than the first client.
+    fn cert_pair(&mut self, at: &KeyPath, cert: &Path, key: &Path) {
+        let Err(err) = tls::load_certified_key(cert, key) else {
+            return;
+        };
+        let field = match &err {
+            TlsError::Read { path, .. } if path == cert => "cert",
+            TlsError::NoCertificate { .. } => "cert",
+            TlsError::Read { .. }
+            | TlsError::NoKey { .. }
+            | TlsError::BadKey { .. }
+            | TlsError::Mismatch { .. } => "key",
+        };
+        self.bad(&at.key(field), err.to_string());
+    }
+
+    fn websocket(&mut self, at: &KeyPath, raw: &RawWebSocket) -> WebSocketConfig {
+        let versions = match &raw.versions {
+            None => vec![13],
+            Some(list) => {
+                let at = at.key("versions");
+                if list.is_empty() {
+                    self.bad(&at, "empty versions list: accept at least one of 13, 8, 7");
+                }
+                let mut versions = Vec::with_capacity(list.len());
+                for (i, &version) in list.iter().enumerate() {
+                    let known = KNOWN_VERSIONS.contains(&version);
+                    let as_u8 = u8::try_from(version).ok().filter(|_| known);
+                    match as_u8 {
+                        None => self.bad(
+                            &at.index(i),
+                            format!("unknown WebSocket version {version}: known versions are 13, 8 and 7"),
+                        ),
+                        Some(v) if versions.contains(&v) => {
+                            self.bad(&at.index(i), format!("version {version} is listed twice"));
+                        }
+                        Some(v) => versions.push(v),
+                    }
+                }
+                versions
+            }
+        };
+        // RFC 6455 §4.4: a server that does not speak the client's version answers with an
+        // appropriate error code such as 426 and lists its versions; 400 is the common choice.
+        let version_mismatch_status = match raw.version_mismatch_status {
+            None | Some(426) => StatusCode::UPGRADE_REQUIRED,
+            Some(400) => StatusCode::BAD_REQUEST,
+            Some(other) => {
+                self.bad(
+                    &at.key("version_mismatch_status"),
+                    format!("version_mismatch_status {other} is not allowed: use 426 or 400"),
+                );
+                StatusCode::UPGRADE_REQUIRED
+            }
+        };
+        WebSocketConfig {
+            versions,
+            version_mismatch_status,
+        }
+    }
+
+    fn limits(&mut self, at: &KeyPath, raw: &RawLimits) -> Limits {
+        let max_header_bytes = match raw.max_header_bytes {
+            None => 16384,
+            Some(n @ MIN_HEADER_BYTES..=MAX_HEADER_BYTES) => usize::try_from(n).unwrap_or(16384),
+            Some(n) => {
+                self.bad(
+                    &at.key("max_header_bytes"),
+                    format!("max_header_bytes {n} is out of range: use {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"),
+                );
+                16384
+            }
+        };
+        let handshake_timeout = self.positive_duration(
+            &at.key("handshake_timeout"),
+            raw.handshake_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        let upstream_connect_timeout = self.positive_duration(
+            &at.key("upstream_connect_timeout"),
+            raw.upstream_connect_timeout.as_ref(),
+            Duration::from_secs(5),
+        );
+        let upstream_handshake_timeout = self.positive_duration(
+            &at.key("upstream_handshake_timeout"),
+            raw.upstream_handshake_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        // "0s" = never (SPEC §2).
+        let idle_timeout = Some(self.duration(
+            &at.key("idle_timeout"),
+            raw.idle_timeout.as_ref(),
+            Duration::from_secs(300),
+        ))
+        .filter(|d| !d.is_zero());
+        let drain_timeout = self.duration(
+            &at.key("drain_timeout"),
+            raw.drain_timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        let max_connections = match raw.max_connections {
+            None => 100_000,
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    self.bad(
+                        &at.key("max_connections"),
+                        format!("max_connections {n} must be at least 1"),
+                    );
+                    100_000
+                }
+            },
+        };
+        let max_connections_per_ip = match raw.max_connections_per_ip {
+            None | Some(0) => None,
+            Some(n) => match usize::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.bad(
+                        &at.key("max_connections_per_ip"),
+                        format!("max_connections_per_ip {n} must be 0 (unlimited) or more"),
+                    );
+                    None
+                }
+            },
+        };
+        Limits {
+            max_header_bytes,
+            handshake_timeout,
+            upstream_connect_timeout,
+            upstream_handshake_timeout,
+            idle_timeout,
+            drain_timeout,
+            max_connections,
+            max_connections_per_ip,
+        }
+    }
+
+    fn duration(&mut self, at: &KeyPath, raw: Option<&RawDuration>, default: Duration) -> Duration {
+        match raw {
+            None => default,
+            Some(text) => duration::parse(&text.0).unwrap_or_else(|problem| {
+                self.bad(at, problem);
+                default
+            }),
+        }
+    }
+
+    /// A duration where zero makes no sense (a timeout that fails everything, a busy loop).
+    fn positive_duration(
+        &mut self,
+        at: &KeyPath,
+        raw: Option<&RawDuration>,
+        default: Duration,
+    ) -> Duration {
+        let value = self.duration(at, raw, default);
+        if value.is_zero() {
+            self.bad(at, "must be greater than 0s");
+            return default;
+        }
+        value
+    }
+
+    fn upstreams(
+        &mut self,
+        at: &KeyPath,
+        raw: &BTreeMap<String, RawUpstream>,
+    ) -> BTreeMap<String, UpstreamConfig> {
+        raw.iter()
+            .map(|(name, upstream)| {
+                let config = self.upstream(&at.key(name), name, upstream);
+                (name.clone(), config)
+            })
+            .collect()
+    }
+
+    fn upstream(&mut self, at: &KeyPath, name: &str, raw: &RawUpstream) -> UpstreamConfig {
+        if name.is_empty() {
+            self.bad(at, "an upstream name must not be empty");
+        }
+        if raw.servers.is_empty() {
+            self.bad(
+                &at.key("servers"),
+                format!("upstream {name:?} has no servers: list at least one HOST:PORT"),
+            );
+        }
+        let mut servers: Vec<ServerAddr> = Vec::with_capacity(raw.servers.len());
+        for (i, text) in raw.servers.iter().enumerate() {
+            match parse_server(text) {
+                Err(problem) => self.bad(&at.key("servers").index(i), problem),
+                Ok(server) if servers.contains(&server) => self.bad(
+                    &at.key("servers").index(i),
+                    format!("server {text:?} is listed twice"),
+                ),
+                Ok(server) => servers.push(server),
+            }
+        }
+        let balance = match raw.balance.as_deref() {
+            None | Some("round_robin") => Balance::RoundRobin,
+            Some("least_connections") => Balance::LeastConnections,
+            Some(other) => {
+                self.bad(
+                    &at.key("balance"),
+                    format!("unknown balance {other:?}: expected \"round_robin\" or \"least_connections\""),
+                );
+                Balance::RoundRobin
+            }
+        };
+        let tls = self.upstream_tls(at, raw);
+        let send_proxy_protocol = match raw.send_proxy_protocol.as_deref() {
+            None => None,
+            Some("v1") => Some(ProxyVersion::V1),
+            Some("v2") => Some(ProxyVersion::V2),
+            Some(other) => {
+                self.bad(
+                    &at.key("send_proxy_protocol"),
+                    format!("unknown send_proxy_protocol {other:?}: expected \"v1\" or \"v2\""),
+                );
+                None
+            }
+        };
+        let health = raw.health.as_ref().map(|health| {
+            let at = at.key("health");
+            if let Some(path) = &health.path {
+                if !path.starts_with('/') {
+                    self.bad(
+                        &at.key("path"),
+                        format!("health path {path:?} must start with \"/\""),
+                    );
+                }
+            }
+            let interval = self.positive_duration(
+                &at.key("interval"),
+                Some(&health.interval),
+                Duration::from_secs(1),
+            );
+            HealthCheck {
+                path: health.path.clone(),
+                interval,
+            }
+        });
+        UpstreamConfig {
+            name: name.to_owned(),
+            servers,
+            balance,
+            tls,
+            send_proxy_protocol,
+            health,
+        }
+    }
+
+    fn upstream_tls(&mut self, at: &KeyPath, raw: &RawUpstream) -> Option<UpstreamTls> {
+        if !raw.tls {
+            for (key, set) in [
+                ("ca", raw.ca.is_some()),
+                ("server_name", raw.server_name.is_some()),
+            ] {
+                if set {
+                    self.bad(&at.key(key), format!("{key} is only used with tls = true"));
+                }
+            }
+            return None;
+        }
+        let ca = raw.ca.as_deref().map(|file| {
+            let path = self.resolve(file);
+            if let Err(err) = tls::load_certs(&path) {
+                self.bad(&at.key("ca"), err.to_string());
+            }
+            path
+        });
+        if let Some(name) = &raw.server_name {
+            if ServerName::try_from(name.as_str()).is_err() {
+                self.bad(
+                    &at.key("server_name"),
+                    format!("server_name {name:?} is neither a DNS name nor an IP address"),
+                );
+            }
+        }
+        Some(UpstreamTls {
+            ca,
+            server_name: raw.server_name.clone(),
+        })
+    }
+
+    fn routes(
+        &mut self,
+        at: &KeyPath,
+        raw: &[RawRoute],
+        upstreams: &BTreeMap<String, RawUpstream>,
+    ) -> Vec<RouteConfig> {
+        let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.len());
+        for (i, route) in raw.iter().enumerate() {
+            let at = at.index(i);
+            let config = self.route(&at, route, upstreams);
+            let same = routes
+                .iter()
+                .position(|r| r.host == config.host && r.path == config.path);
+            if let Some(first) = same {
+                self.bad(
+                    &at,
+                    format!(
+                        "duplicate route: same host and path {:?} as route[{first}]",
+                        config.path
+                    ),
+                );
+            }
+            routes.push(config);
+        }
+        routes
+    }
+
+    /// A route's reference to an upstream, which must be defined.
+    fn upstream_ref(
+        &mut self,
+        at: &KeyPath,
+        name: &str,
+        upstreams: &BTreeMap<String, RawUpstream>,
+    ) -> String {
+        if !upstreams.contains_key(name) {
+            self.bad(
+                at,
+                format!("undefined upstream {name:?}: there is no [upstreams.{name}]"),
+            );
+        }
+        name.to_owned()
+    }
+
+    fn route(
+        &mut self,
+        at: &KeyPath,
+        raw: &RawRoute,
+        upstreams: &BTreeMap<String, RawUpstream>,
+    ) -> RouteConfig {
+        let host =
+            parse_host_pattern(raw.host.as_deref().unwrap_or("*")).unwrap_or_else(|problem| {
+                self.bad(&at.key("host"), problem);
+                HostPattern::Any
+            });
+        let path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
+        if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace)
+        {
+            self.bad(
+                &at.key("path"),
+                format!(
+                    "route path {path:?} must start with \"/\" and hold no query, fragment or space"
+                ),
+            );
+        }
+        if let Some(origins) = &raw.origins {
+            if origins.is_empty() {
+                self.bad(
+                    &at.key("origins"),
+                    "empty origins list would refuse every client: remove it to allow any origin",
+                );
+            }
+            for (j, origin) in origins.iter().enumerate() {
+                if origin.trim().is_empty() {
+                    self.bad(&at.key("origins").index(j), "empty origin");
+                }
+            }
+        }
+        let select = match raw.select.as_deref() {
+            None | Some("client") => Select::Client,
+            Some("server") => Select::Server,
+            Some(other) => {
+                self.bad(
+                    &at.key("select"),
+                    format!("unknown select {other:?}: expected \"client\" or \"server\""),
+                );
+                Select::Client
+            }
+        };
+        let fallback = raw
+            .fallback
+            .as_deref()
+            .map(|name| self.upstream_ref(&at.key("fallback"), name, upstreams));
+        let http = raw
+            .http
+            .as_deref()
+            .map(|name| self.upstream_ref(&at.key("http"), name, upstreams));
+
+        let mut upgrades: Vec<UpgradeRoute> = Vec::with_capacity(raw.upgrades.len());
+        for (j, upgrade) in raw.upgrades.iter().enumerate() {
+            let at = at.key("upgrades").index(j);
+            let token = &upgrade.token;
+            if !is_token(token) {
+                self.bad(
+                    &at.key("token"),
+                    format!("upgrade token {token:?} is not an RFC 7230 token"),
+                );
+            } else if token.eq_ignore_ascii_case("websocket") {
+                self.bad(
+                    &at.key("token"),
+                    "\"websocket\" is negotiated by the route's subprotocols and fallback, not tunnelled as-is",
+                );
+            } else if upgrades.iter().any(|u| u.token.eq_ignore_ascii_case(token)) {
+                // RFC 7230 §6.7: protocol names in Upgrade compare case-insensitively.
+                self.bad(
+                    &at.key("token"),
+                    format!("upgrade token {token:?} is listed twice"),
+                );
+            }
+            let upstream = self.upstream_ref(&at.key("upstream"), &upgrade.upstream, upstreams);
+            upgrades.push(UpgradeRoute {
+                token: token.clone(),
+                upstream,
+            });
+        }
+
+        let mut subprotocols: Vec<SubprotocolRoute> = Vec::with_capacity(raw.subprotocol.len());
+        let mut names: HashSet<&str> = HashSet::new();
+        for (j, sub) in raw.subprotocol.iter().enumerate() {
+            let at = at.key("subprotocol").index(j);
+            let name = &sub.name;
+            // RFC 6455 §4.1: each subprotocol value is a token.
+            if !is_token(name) {
+                self.bad(
+                    &at.key("name"),
+                    format!("subprotocol name {name:?} is not an RFC 7230 token"),
+                );
+            } else if !names.insert(name) {
+                self.bad(
+                    &at.key("name"),
+                    format!("duplicate subprotocol {name:?} in this route"),
+                );
+            }
+            let upstream = self.upstream_ref(&at.key("upstream"), &sub.upstream, upstreams);
+            subprotocols.push(SubprotocolRoute {
+                name: name.clone(),
+                upstream,
+            });
+        }
+
+        RouteConfig {
+            host,
+            path,
+            origins: raw.origins.clone(),
+            select,
+            fallback,
+            http,
+            upgrades,
+            subprotocols,
+        }
+    }
+}
