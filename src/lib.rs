@@ -18,3 +18,4 @@
 pub mod config;
 pub mod error;
 pub mod tls;
+pub mod tunnel;
