@@ -19,3 +19,4 @@ pub mod certs;
 pub mod config;
 pub mod error;
 pub mod tls;
+pub mod tunnel;
