@@ -201,7 +201,8 @@ impl Validator<'_> {
         };
         let field = match &err {
             TlsError::Read { path, .. } if path == cert => "cert",
-            TlsError::NoCertificate { .. } => "cert",
+            TlsError::NoCertificate { .. } | TlsError::BadCa { .. } => "cert",
+            TlsError::ServerName { .. } | TlsError::Config(_) => "cert",
             TlsError::Read { .. }
             | TlsError::NoKey { .. }
             | TlsError::BadKey { .. }

@@ -1,0 +1,99 @@
+//! The access log (SPEC §7): one `tracing` event with target `access` per handshake outcome and
+//! one per closed tunnel, with the same field names in both so they can be joined.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::tunnel::TunnelOutcome;
+
+/// What is known about one request as it goes through the gateway. Absent values log as `-`.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    pub client: SocketAddr,
+    pub started: Instant,
+    pub http_version: &'static str,
+    pub host: String,
+    pub path: String,
+    /// The matched route's path (the metrics `route` label); `None` when nothing matched.
+    pub route: Option<String>,
+    pub ws_version: Option<u8>,
+    pub subprotocol: Option<String>,
+    pub upstream: Option<String>,
+    pub status: u16,
+    /// Time from the request head to the answer.
+    pub handshake: Duration,
+}
+
+const NONE: &str = "-";
+
+impl AccessRecord {
+    /// Starts a record for a request from `client`.
+    pub fn new(client: SocketAddr, http_version: &'static str) -> Self {
+        AccessRecord {
+            client,
+            started: Instant::now(),
+            http_version,
+            host: NONE.into(),
+            path: NONE.into(),
+            route: None,
+            ws_version: None,
+            subprotocol: None,
+            upstream: None,
+            status: 0,
+            handshake: Duration::ZERO,
+        }
+    }
+
+    /// The metrics `route` label.
+    pub fn route_label(&self) -> &str {
+        self.route.as_deref().unwrap_or(crate::metrics::NO_ROUTE)
+    }
+
+    /// Logs the handshake outcome (`status` is what the client was answered).
+    pub fn log_handshake(&mut self, status: u16) {
+        self.status = status;
+        self.handshake = self.started.elapsed();
+        tracing::info!(
+            target: "access",
+            client = %self.client,
+            host = %self.host,
+            path = %self.path,
+            http_version = self.http_version,
+            ws_version = %self.ws_version.map_or_else(|| NONE.to_owned(), |v| v.to_string()),
+            subprotocol = self.subprotocol.as_deref().unwrap_or(NONE),
+            upstream = self.upstream.as_deref().unwrap_or(NONE),
+            status = self.status,
+            handshake_ms = millis(self.handshake),
+            duration_ms = millis(self.handshake),
+            bytes_up = 0u64,
+            bytes_down = 0u64,
+            closed_by = NONE,
+            "handshake"
+        );
+    }
+
+    /// Logs a closed tunnel opened by this handshake.
+    pub fn log_tunnel(&self, outcome: &TunnelOutcome) {
+        tracing::info!(
+            target: "access",
+            client = %self.client,
+            host = %self.host,
+            path = %self.path,
+            http_version = self.http_version,
+            ws_version = %self.ws_version.map_or_else(|| NONE.to_owned(), |v| v.to_string()),
+            subprotocol = self.subprotocol.as_deref().unwrap_or(NONE),
+            upstream = self.upstream.as_deref().unwrap_or(NONE),
+            status = self.status,
+            handshake_ms = millis(self.handshake),
+            duration_ms = millis(outcome.duration),
+            bytes_up = outcome.bytes_up,
+            bytes_down = outcome.bytes_down,
+            closed_by = %outcome.closed_by,
+            "tunnel closed"
+        );
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

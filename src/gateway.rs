@@ -1,0 +1,332 @@
+//! The request path after the head is parsed: one hyper service for HTTP/1.1 and h2 that routes
+//! the request, runs the pure handshake checks, talks to the upstream, answers the client, and
+//! hands the two upgraded streams to the tunnel.
+//!
+//! Invariants (see LIFECYCLE in README.md): no byte reaches an upstream before the route and the
+//! upstream are chosen; a non-101 upstream answer never becomes a tunnel; every failure is answered
+//! through `Reject::response`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::Instrument;
+
+use crate::access::AccessRecord;
+use crate::config::Config;
+use crate::error::{Carrier, Reject};
+use crate::handshake::{self, ForwardInfo, Kind, UpstreamUpgrade};
+use crate::limits::{ConnLimiter, ConnPermit};
+use crate::metrics::Metrics;
+use crate::route::RouteTable;
+use crate::shutdown::Shutdown;
+use crate::tunnel::{self, TunnelConfig};
+use crate::upstream::{self, Answer, ServerLease, Upstreams};
+
+/// Body of every response the gateway sends: its own answers, and relayed upstream bodies.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Everything built from one configuration; replaced as a whole on reload, while connections
+/// keep the generation they started with.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub upstreams: Upstreams,
+}
+
+impl Runtime {
+    /// Builds the routing table and upstream pools of `config`.
+    pub fn new(config: Config) -> Result<Self, upstream::PoolError> {
+        Ok(Runtime { routes: RouteTable::new(&config.routes), upstreams: Upstreams::new(&config)?, config })
+    }
+}
+
+/// Process-wide state shared by every listener and connection.
+#[derive(Debug)]
+pub struct Gateway {
+    runtime: RwLock<Arc<Runtime>>,
+    pub metrics: Metrics,
+    pub limiter: Arc<ConnLimiter>,
+    pub shutdown: Shutdown,
+    http_client: Client<HttpConnector, Incoming>,
+}
+
+impl Gateway {
+    /// A gateway running `runtime`.
+    pub fn new(runtime: Runtime) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(runtime.config.limits.upstream_connect_timeout));
+        Arc::new(Gateway {
+            runtime: RwLock::new(Arc::new(runtime)),
+            metrics: Metrics::default(),
+            limiter: Arc::default(),
+            shutdown: Shutdown::default(),
+            http_client: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// The configuration generation new connections use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        Arc::clone(&self.runtime.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Makes `runtime` the generation for new connections; open connections and tunnels keep theirs.
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+    }
+}
+
+/// One client connection: what every request on it shares.
+#[derive(Debug)]
+pub struct Conn {
+    pub gateway: Arc<Gateway>,
+    pub runtime: Arc<Runtime>,
+    pub client: SocketAddr,
+    pub tls: bool,
+    pub carrier: Carrier,
+    /// Shared with the tunnels this connection opens, so the connection slot lives as long as they do.
+    pub permit: Arc<ConnPermit>,
+}
+
+/// What a dispatched request became.
+enum Outcome {
+    /// An answer that is a handshake outcome (logged and counted as one).
+    Handshake(Response<ProxyBody>),
+    /// An ordinary request proxied to the route's `http` upstream (not a handshake).
+    Proxied(Response<ProxyBody>),
+}
+
+impl Conn {
+    fn is_h2(&self) -> bool {
+        self.carrier == Carrier::Http2
+    }
+
+    /// The hyper service: never fails, every problem is an HTTP answer.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let version = match req.version() {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        };
+        let mut rec = AccessRecord::new(self.client, version);
+        let (mut parts, body) = req.into_parts();
+        rec.path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let response = match self.dispatch(&mut parts, body, &mut rec).await {
+            Ok(Outcome::Proxied(res)) => return Ok(res),
+            Ok(Outcome::Handshake(res)) => res,
+            Err((reject, body)) => {
+                if let Some(body) = body {
+                    drain_small_body(body).await;
+                }
+                reject.response(self.carrier).map(|b| Full::new(b).map_err(|e| match e {}).boxed())
+            }
+        };
+        let status = response.status().as_u16();
+        self.gateway.metrics.handshake(rec.route_label(), status);
+        rec.log_handshake(status);
+        Ok(response)
+    }
+
+    /// Routes and handshakes one request. On failure the request body is handed back so that it
+    /// can be drained before the connection closes (an unread body would turn the close into a
+    /// reset that can destroy the answer in flight).
+    async fn dispatch(
+        self: &Arc<Self>,
+        parts: &mut Parts,
+        body: Incoming,
+        rec: &mut AccessRecord,
+    ) -> Result<Outcome, (Reject, Option<Incoming>)> {
+        let rt = Arc::clone(&self.runtime);
+        let h2 = self.is_h2();
+        let host = match handshake::request_host(parts, h2) {
+            Ok(h) => h.to_owned(),
+            Err(r) => return Err((r, Some(body))),
+        };
+        rec.host = host.clone();
+        let Some((_, route)) = rt.routes.find(&host, &rec.path) else {
+            return Err((Reject::NoRoute, Some(body)));
+        };
+        rec.route = Some(route.path.clone());
+        let protocol = parts.extensions.get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
+        let kind = match handshake::classify(parts, route, h2, protocol.as_deref()) {
+            Ok(k) => k,
+            Err(r) => return Err((r, Some(body))),
+        };
+        let fwd = ForwardInfo { client: self.client, tls: self.tls, host: &host };
+        match kind {
+            Kind::Plain => match &route.http {
+                Some(name) => {
+                    rec.upstream = Some(name.clone());
+                    Ok(Outcome::Proxied(self.proxy_plain(parts, body, name, &fwd).await))
+                }
+                None => Err((Reject::UpgradeRequired, Some(body))),
+            },
+            Kind::WebSocket => {
+                let negotiated = match handshake::negotiate(parts, route, &rt.config.websocket, h2) {
+                    Ok(n) => n,
+                    Err(r) => return Err((r, Some(body))),
+                };
+                rec.ws_version = Some(negotiated.ws_version);
+                rec.subprotocol = negotiated.subprotocol.clone();
+                rec.upstream = Some(negotiated.upstream.clone());
+                // RFC 8441 §5: h2 clients send no key; the upstream hop needs one of its own.
+                let key = negotiated.client_key.clone().unwrap_or_else(|| handshake::key_from_bytes(rand::random()));
+                let request = handshake::upstream_request(
+                    parts,
+                    UpstreamUpgrade::WebSocket { negotiated: &negotiated, key: &key },
+                    &fwd,
+                );
+                let (head, io, lease) = match self.upgrade_upstream(&negotiated.upstream, request).await {
+                    Ok(Ok(switched)) => switched,
+                    Ok(Err(refused)) => return Ok(Outcome::Handshake(refused)),
+                    Err(r) => return Err((r, None)),
+                };
+                handshake::check_upstream_101(&head, &key, negotiated.subprotocol.as_deref()).map_err(|r| (r, None))?;
+                let response = handshake::client_success(&negotiated, &head, h2);
+                self.open_tunnel(parts, io, lease, rec.clone());
+                Ok(Outcome::Handshake(response.map(|()| empty())))
+            }
+            Kind::Other { token, upstream } => {
+                if let Err(r) = handshake::check_other_upgrade(parts, h2) {
+                    return Err((r, Some(body)));
+                }
+                rec.upstream = Some(upstream.clone());
+                let request = handshake::upstream_request(parts, UpstreamUpgrade::Other { token: &token }, &fwd);
+                let (head, io, lease) = match self.upgrade_upstream(&upstream, request).await {
+                    Ok(Ok(switched)) => switched,
+                    Ok(Err(refused)) => return Ok(Outcome::Handshake(refused)),
+                    Err(r) => return Err((r, None)),
+                };
+                handshake::check_upstream_other_101(&head, &token).map_err(|r| (r, None))?;
+                let response = handshake::client_success_other(&token, &head, h2);
+                self.open_tunnel(parts, io, lease, rec.clone());
+                Ok(Outcome::Handshake(response.map(|()| empty())))
+            }
+        }
+    }
+
+    /// Sends the upgrade upstream. `Ok(Err(response))` is a non-101 answer, already made safe to
+    /// relay: the client connection is closed after it and never tunnelled (SPEC §4).
+    async fn upgrade_upstream(
+        &self,
+        name: &str,
+        request: Request<()>,
+    ) -> Result<Result<(http::response::Parts, hyper::upgrade::Upgraded, ServerLease), Response<ProxyBody>>, Reject> {
+        let pool = self.runtime.upstreams.get(name).ok_or(Reject::UpstreamUnreachable)?;
+        match self.runtime.upstreams.upgrade(pool, request, &self.gateway.metrics).await? {
+            Answer::Switched { head, io, lease } => Ok(Ok((head, io, lease))),
+            Answer::Refused(response) => {
+                let (mut head, body) = response.into_parts();
+                handshake::strip_hop_by_hop(&mut head.headers);
+                if !self.is_h2() {
+                    head.headers.insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok(Err(Response::from_parts(head, body.boxed())))
+            }
+        }
+    }
+
+    /// Runs the tunnel once hyper hands over the client side (after our 101/200 is written).
+    fn open_tunnel(
+        self: &Arc<Self>,
+        parts: &mut Parts,
+        upstream_io: hyper::upgrade::Upgraded,
+        lease: ServerLease,
+        mut rec: AccessRecord,
+    ) {
+        let Some(client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            tracing::error!("upgrade request without hyper's upgrade handle");
+            return;
+        };
+        let gateway = Arc::clone(&self.gateway);
+        let permit = Arc::clone(&self.permit);
+        let tracked = gateway.shutdown.track();
+        let active = gateway.metrics.tunnel_opened(rec.route_label(), rec.subprotocol.as_deref().unwrap_or(""));
+        let cfg = TunnelConfig { idle_timeout: self.runtime.config.limits.idle_timeout, counters: None };
+        rec.status = if self.is_h2() { 200 } else { 101 };
+        rec.handshake = rec.started.elapsed();
+        let task = async move {
+            let _held = (permit, tracked, active, lease);
+            let client_io = match client_upgrade.await {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(error = %e, "client went away before the tunnel opened");
+                    return;
+                }
+            };
+            let outcome = tunnel::run(
+                TokioIo::new(client_io),
+                Bytes::new(),
+                TokioIo::new(upstream_io),
+                Bytes::new(),
+                &cfg,
+                gateway.shutdown.expired(),
+            )
+            .await;
+            gateway.metrics.tunnel_bytes(outcome.bytes_up, outcome.bytes_down);
+            gateway.metrics.tunnel_closed(outcome.duration);
+            rec.log_tunnel(&outcome);
+        };
+        tokio::spawn(task.in_current_span());
+    }
+
+    /// Reverse-proxies an ordinary request to the `http` upstream `name`.
+    async fn proxy_plain(&self, parts: &Parts, body: Incoming, name: &str, fwd: &ForwardInfo<'_>) -> Response<ProxyBody> {
+        let failure = |r: Reject| r.response(self.carrier).map(|b| Full::new(b).map_err(|e| match e {}).boxed());
+        let Some(pool) = self.runtime.upstreams.get(name) else {
+            return failure(Reject::UpstreamUnreachable);
+        };
+        let server = upstream::format_addr(&pool.pick());
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Ok(uri) = format!("http://{server}{path}").parse::<Uri>() else {
+            return failure(Reject::MalformedHead);
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = handshake::forward_headers(&parts.headers, fwd);
+        if !request.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::from_str(fwd.host)
+        {
+            request.headers_mut().insert(HOST, host);
+        }
+        let timeout = self.runtime.config.limits.upstream_handshake_timeout;
+        match tokio::time::timeout(timeout, self.gateway.http_client.request(request)).await {
+            Err(_) => failure(Reject::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = name, server = %server, error = %e, "http upstream failed");
+                failure(Reject::UpstreamUnreachable)
+            }
+            Ok(Ok(response)) => {
+                let (mut head, body) = response.into_parts();
+                handshake::strip_hop_by_hop(&mut head.headers);
+                Response::from_parts(head, body.boxed())
+            }
+        }
+    }
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// Reads and discards a failed request's body (bounded) so the close that follows is clean.
+async fn drain_small_body(body: Incoming) {
+    const MAX: usize = 64 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(1), Limited::new(body, MAX).collect()).await;
+}

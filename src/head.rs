@@ -1,0 +1,115 @@
+//! Reads the first HTTP/1 request head of a connection ourselves, before hyper sees it, so that
+//! SPEC §3's first row is exact: a head over `max_header_bytes` gets a full 431 answer (hyper's own
+//! would have no body), and a client that does not finish its head within `handshake_timeout` is
+//! cut off. Nothing is consumed: the bytes read are handed back to be replayed to hyper.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::Reject;
+
+/// Most header lines accepted in one head; hyper is configured with the same number.
+pub const MAX_HEADERS: usize = 256;
+
+/// Why no head could be read.
+#[derive(Debug)]
+pub enum HeadError {
+    /// Answer this and close.
+    Reject(Reject),
+    /// The client went away, sent nothing in time, or the socket failed: close without a word.
+    Closed,
+}
+
+/// Reads until one complete request head is buffered (it may be followed by early bytes) and
+/// returns everything read.
+pub async fn read_head<S>(io: &mut S, max_bytes: usize, timeout: Duration) -> Result<BytesMut, HeadError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(4096.min(max_bytes + 1));
+    let read_all = async {
+        loop {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Err(HeadError::Closed),
+                Ok(_) => {}
+            }
+            match head_len(&buf) {
+                Ok(Some(len)) if len <= max_bytes => return Ok(()),
+                Ok(None) if buf.len() <= max_bytes => continue,
+                Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+                    return Err(HeadError::Reject(Reject::HeadTooLarge { limit: max_bytes }));
+                }
+                Err(_) => return Err(HeadError::Reject(Reject::MalformedHead)),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read_all).await {
+        Ok(Ok(())) => Ok(buf),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(HeadError::Closed),
+    }
+}
+
+/// The length of the complete head at the start of `buf`, or `None` while it is incomplete.
+fn head_len(buf: &[u8]) -> Result<Option<usize>, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    Ok(match req.parse(buf)? {
+        httparse::Status::Complete(n) => Some(n),
+        httparse::Status::Partial => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn feed(chunks: &[&[u8]], max: usize) -> Result<BytesMut, HeadError> {
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        for c in chunks {
+            client.write_all(c).await.unwrap();
+        }
+        drop(client);
+        read_head(&mut server, max, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn complete_head_is_returned_with_early_bytes() {
+        let got = feed(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\nEARLY"], 1024).await.unwrap();
+        assert_eq!(&got[..], b"GET / HTTP/1.1\r\nHost: a\r\n\r\nEARLY");
+    }
+
+    #[tokio::test]
+    async fn table_of_failures() {
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(5000));
+        let many: String = (0..300).map(|i| format!("X-{i}: y\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let rows: [(&str, &[u8], usize, Option<u16>); 5] = [
+            ("over the limit, complete", big.as_bytes(), 1024, Some(431)),
+            ("over the limit, incomplete", &big.as_bytes()[..3000], 1024, Some(431)),
+            ("too many header lines", many.as_bytes(), 1 << 20, Some(431)),
+            ("garbage", b"\x16\x03\x01\x00\xff\r\n\r\n", 1024, Some(400)),
+            ("eof before the end", b"GET / HTTP/1.1\r\n", 1024, None),
+        ];
+        for (name, input, max, want) in rows {
+            match (feed(&[input], max).await, want) {
+                (Err(HeadError::Reject(r)), Some(s)) => assert_eq!(r.status(), s, "{name}"),
+                (Err(HeadError::Closed), None) => {}
+                (other, _) => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn silent_client_times_out() {
+        let (_client, mut server) = tokio::io::duplex(64);
+        let r = read_head(&mut server, 1024, Duration::from_millis(20)).await;
+        assert!(matches!(r, Err(HeadError::Closed)));
+    }
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics (SPEC §7), rendered by the admin listener's `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `route` is the route's path, or `none` when nothing matched.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TunnelLabels {
+    route: String,
+    subprotocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+/// Every metric the gateway exports, registered once at start-up and shared by all connections.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    handshakes: Family<HandshakeLabels, Counter>,
+    tunnels_active: Family<TunnelLabels, Gauge>,
+    tunnel_bytes: Family<DirectionLabels, Counter>,
+    upstream_connect: Histogram,
+    tunnel_duration: Histogram,
+}
+
+/// Label value for a request that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        let tunnels_active = Family::<TunnelLabels, Gauge>::default();
+        let tunnel_bytes = Family::<DirectionLabels, Counter>::default();
+        // 1 ms .. ~16 s: connects are normally sub-millisecond on a LAN and time out at seconds.
+        let upstream_connect = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        // 10 ms .. ~1.5 days: tunnels live from a blink to days.
+        let tunnel_duration = Histogram::new(exponential_buckets(0.01, 4.0, 13));
+        registry.register(
+            "switchyard_handshakes",
+            "Upgrade handshakes by route and the HTTP status answered",
+            handshakes.clone(),
+        );
+        registry.register(
+            "switchyard_tunnels_active",
+            "Open tunnels by route and subprotocol",
+            tunnels_active.clone(),
+        );
+        registry.register(
+            "switchyard_tunnel_bytes",
+            "Bytes moved through tunnels by direction",
+            tunnel_bytes.clone(),
+        );
+        registry.register(
+            "switchyard_upstream_connect_seconds",
+            "Time to connect to an upstream server (TCP, and TLS where configured)",
+            upstream_connect.clone(),
+        );
+        registry.register(
+            "switchyard_tunnel_duration_seconds",
+            "Lifetime of closed tunnels",
+            tunnel_duration.clone(),
+        );
+        Metrics { registry, handshakes, tunnels_active, tunnel_bytes, upstream_connect, tunnel_duration }
+    }
+}
+
+impl Metrics {
+    /// One handshake outcome; `route` is the route's path or [`NO_ROUTE`].
+    pub fn handshake(&self, route: &str, status: u16) {
+        self.handshakes.get_or_create(&HandshakeLabels { route: route.to_owned(), status }).inc();
+    }
+
+    /// A tunnel opened; the returned guard marks it closed when dropped.
+    pub fn tunnel_opened(&self, route: &str, subprotocol: &str) -> ActiveTunnel {
+        let gauge = self
+            .tunnels_active
+            .get_or_create(&TunnelLabels { route: route.to_owned(), subprotocol: subprotocol.to_owned() })
+            .clone();
+        gauge.inc();
+        ActiveTunnel { gauge }
+    }
+
+    /// Bytes moved, added as they are counted.
+    pub fn tunnel_bytes(&self, up: u64, down: u64) {
+        self.tunnel_bytes.get_or_create(&DirectionLabels { direction: "client_to_upstream" }).inc_by(up);
+        self.tunnel_bytes.get_or_create(&DirectionLabels { direction: "upstream_to_client" }).inc_by(down);
+    }
+
+    /// A tunnel closed after `lifetime`.
+    pub fn tunnel_closed(&self, lifetime: Duration) {
+        self.tunnel_duration.observe(lifetime.as_secs_f64());
+    }
+
+    /// A successful upstream connect took `elapsed`.
+    pub fn upstream_connected(&self, elapsed: Duration) {
+        self.upstream_connect.observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of everything above.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Keeps `switchyard_tunnels_active` up while a tunnel lives.
+#[derive(Debug)]
+pub struct ActiveTunnel {
+    gauge: Gauge,
+}
+
+impl Drop for ActiveTunnel {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_spec_names_and_labels() {
+        let m = Metrics::default();
+        m.handshake("/chat", 101);
+        m.handshake(NO_ROUTE, 404);
+        let t = m.tunnel_opened("/chat", "chat.v2");
+        m.tunnel_bytes(3, 4);
+        m.upstream_connected(Duration::from_millis(2));
+        let text = m.render();
+        assert!(text.contains(r#"switchyard_handshakes_total{route="/chat",status="101"} 1"#), "{text}");
+        assert!(text.contains(r#"switchyard_handshakes_total{route="none",status="404"} 1"#), "{text}");
+        assert!(text.contains(r#"switchyard_tunnels_active{route="/chat",subprotocol="chat.v2"} 1"#));
+        assert!(text.contains(r#"switchyard_tunnel_bytes_total{direction="client_to_upstream"} 3"#));
+        assert!(text.contains("switchyard_upstream_connect_seconds_count 1"));
+        drop(t);
+        assert!(m.render().contains(r#"switchyard_tunnels_active{route="/chat",subprotocol="chat.v2"} 0"#));
+    }
+}
