@@ -17,4 +17,6 @@
 
 pub mod config;
 pub mod error;
+pub mod handshake;
+pub mod route;
 pub mod tls;
