@@ -1,0 +1,289 @@
+//! Host and path -> route (SPEC §2 "Routing"). Pure: no I/O, built once per configuration.
+//!
+//! The most specific host class that has routes for the request's host is chosen — an exact
+//! host, then the longest matching `*.suffix`, then `*` — and within that class only, the
+//! longest path prefix on segment boundaries. No match inside the chosen class is a 404: a less
+//! specific class is never consulted, so adding a host-specific route cannot silently leak that
+//! host's unmatched paths to the catch-all.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::config::{HostPattern, RouteConfig};
+
+/// The configured routes indexed by host class, for cheap per-request lookups.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<RouteConfig>,
+    /// Lower-cased host name (IPv6 without brackets) -> route indices in file order.
+    exact: HashMap<String, Vec<usize>>,
+    /// `.suffix` -> route indices; longest suffix first, so the first match is the most specific.
+    suffix: Vec<(String, Vec<usize>)>,
+    /// `*` routes in file order.
+    any: Vec<usize>,
+}
+
+impl RouteTable {
+    /// Indexes `routes`; indices returned by [`RouteTable::find`] refer to this slice.
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut suffix: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut any = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match &r.host {
+                HostPattern::Any => any.push(i),
+                HostPattern::Exact(h) => {
+                    exact.entry(host_name(h).into_owned()).or_default().push(i)
+                }
+                HostPattern::Suffix(s) => {
+                    let mut s = s.to_ascii_lowercase();
+                    if !s.starts_with('.') {
+                        s.insert(0, '.');
+                    }
+                    match suffix.iter_mut().find(|(have, _)| *have == s) {
+                        Some((_, list)) => list.push(i),
+                        None => suffix.push((s, vec![i])),
+                    }
+                }
+            }
+        }
+        // Stable: equal lengths cannot both match one host unless equal, and equal ones merged.
+        suffix.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        RouteTable {
+            routes: routes.to_vec(),
+            exact,
+            suffix,
+            any,
+        }
+    }
+
+    /// The route for a request. `host` is the `Host` header or h2 `:authority` as received (port
+    /// ignored, case-insensitive, `[v6]:port` understood); `path_and_query` is the request
+    /// target in origin form. Returns the route's index in the slice given to `new`.
+    pub fn find(&self, host: &str, path_and_query: &str) -> Option<(usize, &RouteConfig)> {
+        let host = host_name(host);
+        let class: &[usize] = if let Some(list) = self.exact.get(host.as_ref()) {
+            list
+        } else if let Some((_, list)) = self.suffix.iter().find(|(s, _)| host.ends_with(s.as_str()))
+        {
+            list
+        } else {
+            &self.any
+        };
+        let path = path_and_query
+            .split_once('?')
+            .map_or(path_and_query, |(p, _)| p);
+        let mut best: Option<(usize, &RouteConfig)> = None;
+        for &i in class {
+            let Some(r) = self.routes.get(i) else {
+                continue;
+            };
+            let longer = best.is_none_or(|(_, b)| r.path.len() > b.path.len());
+            if longer && path_matches(&r.path, path) {
+                best = Some((i, r));
+            }
+        }
+        best
+    }
+
+    /// The routes in the order given to `new` (index = the one `find` returns).
+    pub fn routes(&self) -> &[RouteConfig] {
+        &self.routes
+    }
+}
+
+/// The host name a `Host` value names: port dropped, IPv6 brackets removed, one trailing dot
+/// (the DNS root) dropped, ASCII lower-cased (RFC 9110 §4.2.3: the host is case-insensitive).
+fn host_name(host: &str) -> Cow<'_, str> {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(v6, _)| v6)
+    } else if host.bytes().filter(|b| *b == b':').count() == 1 {
+        host.split_once(':').map_or(host, |(h, _)| h)
+    } else {
+        // No port, or a bare IPv6 literal (more than one colon) which has no port.
+        host
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// SPEC §2: a prefix matches on segment boundaries. `/chat` matches `/chat`, `/chat/` and
+/// `/chat/x` but not `/chatter`; `/chat/` matches `/chat/` and below but not `/chat`; `/`
+/// matches every target (even `*`).
+fn path_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Select;
+
+    fn route(host: HostPattern, path: &str, fallback: &str) -> RouteConfig {
+        RouteConfig {
+            host,
+            path: path.to_string(),
+            origins: None,
+            select: Select::Client,
+            fallback: Some(fallback.to_string()),
+            http: None,
+            upgrades: vec![],
+            subprotocols: vec![],
+        }
+    }
+
+    /// negotiation.py ROUTING.
+    fn routing() -> RouteTable {
+        RouteTable::new(&[
+            route(HostPattern::Any, "/", "root"),
+            route(HostPattern::Any, "/api", "api"),
+            route(HostPattern::Any, "/api/ws", "apiws"),
+            route(HostPattern::Any, "/chat", "chat"),
+            route(HostPattern::Any, "/ws/deep", "deep"),
+            route(
+                HostPattern::Exact("chat.example.com".into()),
+                "/ws",
+                "exact",
+            ),
+            route(HostPattern::Suffix(".example.com".into()), "/ws", "wild"),
+        ])
+    }
+
+    fn upstream_of(t: &RouteTable, host: &str, path: &str) -> Option<String> {
+        t.find(host, path).and_then(|(i, r)| {
+            assert_eq!(t.routes()[i], *r, "index and route agree");
+            r.fallback.clone()
+        })
+    }
+
+    #[test]
+    fn acceptance_route_rows() {
+        // negotiation.py ROUTE_ROWS: (host, path, upstream)
+        let rows = [
+            ("x.test", "/api/ws/room?id=1", "apiws"),
+            ("x.test", "/api/other", "api"),
+            ("x.test", "/elsewhere", "root"),
+            ("chat.example.com", "/ws", "exact"),
+            ("eu.example.com", "/ws", "wild"),
+            ("chat.example.com:443", "/ws", "exact"),
+            ("CHAT.Example.COM", "/ws", "exact"),
+            ("Eu.EXAMPLE.com:8443", "/ws", "wild"),
+            ("chat.example.com", "/ws/deep/x", "exact"),
+            ("eu.example.com", "/ws/deep", "wild"),
+            ("x.test", "/ws/deep/x", "deep"),
+            ("x.test", "/chat", "chat"),
+            ("x.test", "/chat/", "chat"),
+            ("x.test", "/chat/x", "chat"),
+            ("x.test", "/chat?x", "chat"),
+            ("x.test", "/chatter", "root"),
+            ("x.test", "/api/wsx", "api"),
+        ];
+        let t = routing();
+        for (host, path, want) in rows {
+            assert_eq!(
+                upstream_of(&t, host, path).as_deref(),
+                Some(want),
+                "{host} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn chosen_class_never_falls_back() {
+        let t = routing();
+        // Exact host and *.example.com have routes only for /ws: other paths are 404 there,
+        // even though "*" has "/".
+        assert_eq!(upstream_of(&t, "chat.example.com", "/elsewhere"), None);
+        assert_eq!(upstream_of(&t, "eu.example.com", "/api"), None);
+        // "*.example.com" does not match "example.com" itself: that host uses "*".
+        assert_eq!(
+            upstream_of(&t, "example.com", "/api").as_deref(),
+            Some("api")
+        );
+    }
+
+    #[test]
+    fn no_catch_all_means_404_for_other_hosts() {
+        let t = RouteTable::new(&[route(HostPattern::Exact("only.example".into()), "/", "a")]);
+        assert_eq!(upstream_of(&t, "only.example", "/x").as_deref(), Some("a"));
+        assert_eq!(upstream_of(&t, "other.example", "/x"), None);
+        assert_eq!(upstream_of(&t, "", "/x"), None);
+    }
+
+    #[test]
+    fn longest_matching_suffix_is_most_specific() {
+        let t = RouteTable::new(&[
+            route(HostPattern::Suffix(".example.com".into()), "/", "short"),
+            route(HostPattern::Suffix(".eu.example.com".into()), "/ws", "long"),
+        ]);
+        assert_eq!(
+            upstream_of(&t, "a.eu.example.com", "/ws").as_deref(),
+            Some("long")
+        );
+        // The longer suffix's class is chosen and has no "/x": no fallback to ".example.com".
+        assert_eq!(upstream_of(&t, "a.eu.example.com", "/x"), None);
+        assert_eq!(
+            upstream_of(&t, "eu.example.com", "/x").as_deref(),
+            Some("short")
+        );
+    }
+
+    #[test]
+    fn trailing_slash_prefix_and_root() {
+        let t = RouteTable::new(&[route(HostPattern::Any, "/chat/", "slash")]);
+        assert_eq!(upstream_of(&t, "h", "/chat/").as_deref(), Some("slash"));
+        assert_eq!(upstream_of(&t, "h", "/chat/x?y").as_deref(), Some("slash"));
+        assert_eq!(upstream_of(&t, "h", "/chat"), None);
+        assert_eq!(upstream_of(&t, "h", "/chat?x"), None);
+        let root = RouteTable::new(&[route(HostPattern::Any, "/", "root")]);
+        for target in ["/", "/a/b?c", "*", ""] {
+            assert_eq!(
+                upstream_of(&root, "h", target).as_deref(),
+                Some("root"),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_forms() {
+        let t = RouteTable::new(&[
+            route(HostPattern::Exact("::1".into()), "/", "v6"),
+            route(HostPattern::Exact("[fe80::1]".into()), "/", "v6b"),
+            route(HostPattern::Exact("127.0.0.1".into()), "/", "v4"),
+            route(HostPattern::Exact("a.example".into()), "/", "dns"),
+        ]);
+        let rows = [
+            ("[::1]:8443", Some("v6")),
+            ("[::1]", Some("v6")),
+            ("::1", Some("v6")),
+            ("[FE80::1]:1", Some("v6b")),
+            ("127.0.0.1:80", Some("v4")),
+            ("A.Example.:8080", Some("dns")),
+            ("a.example.", Some("dns")),
+            ("b.example", None),
+        ];
+        for (host, want) in rows {
+            assert_eq!(upstream_of(&t, host, "/").as_deref(), want, "{host}");
+        }
+    }
+
+    #[test]
+    fn equal_routes_first_in_file_order_wins() {
+        let t = RouteTable::new(&[
+            route(HostPattern::Any, "/a", "first"),
+            route(HostPattern::Any, "/a", "second"),
+        ]);
+        assert_eq!(t.find("h", "/a").map(|(i, _)| i), Some(0));
+    }
+}
