@@ -5,9 +5,11 @@
 //! selected) and answers every text message with `name: message`, so you can see which upstream
 //! a route reached.
 
+#![allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
+
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
 use futures_util::{SinkExt, StreamExt};
 
@@ -24,11 +26,14 @@ async fn main() -> std::io::Result<()> {
         tokio::spawn(async move {
             let pick = |req: &Request, mut res: Response| {
                 if let Some(p) = req.headers().get("sec-websocket-protocol") {
-                    res.headers_mut().insert("sec-websocket-protocol", p.clone());
+                    res.headers_mut()
+                        .insert("sec-websocket-protocol", p.clone());
                 }
                 Ok(res)
             };
-            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, pick).await else { return };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, pick).await else {
+                return;
+            };
             while let Some(Ok(msg)) = ws.next().await {
                 let reply = match msg {
                     Message::Text(t) => Message::text(format!("{name}: {t}")),

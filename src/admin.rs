@@ -18,14 +18,18 @@ use crate::gateway::Gateway;
 /// Serves admin requests until the process exits.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let gateway = Arc::clone(&gateway);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let gateway = Arc::clone(&gateway);
                 async move { Ok::<_, Infallible>(answer(&req, &gateway)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
         });
     }
 }
@@ -33,22 +37,32 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
 fn answer(req: &Request<Incoming>, gateway: &Gateway) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (&Method::GET, "/readyz") if gateway.shutdown.is_draining() => {
-            (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".to_owned())
-        }
+        (&Method::GET, "/readyz") if gateway.shutdown.is_draining() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "draining\n".to_owned(),
+        ),
         (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             gateway.metrics.render(),
         ),
-        (_, "/healthz" | "/readyz" | "/metrics") => {
-            (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".to_owned())
-        }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz, /readyz or /metrics\n".to_owned()),
+        (_, "/healthz" | "/readyz" | "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz, /readyz or /metrics\n".to_owned(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     response
 }

@@ -50,7 +50,11 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the routing table and upstream pools of `config`.
     pub fn new(config: Config) -> Result<Self, upstream::PoolError> {
-        Ok(Runtime { routes: RouteTable::new(&config.routes), upstreams: Upstreams::new(&config)?, config })
+        Ok(Runtime {
+            routes: RouteTable::new(&config.routes),
+            upstreams: Upstreams::new(&config)?,
+            config,
+        })
     }
 }
 
@@ -116,7 +120,10 @@ impl Conn {
     }
 
     /// The hyper service: never fails, every problem is an HTTP answer.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let version = match req.version() {
             Version::HTTP_09 => "HTTP/0.9",
             Version::HTTP_10 => "HTTP/1.0",
@@ -125,7 +132,11 @@ impl Conn {
         };
         let mut rec = AccessRecord::new(self.client, version);
         let (mut parts, body) = req.into_parts();
-        rec.path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        rec.path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         let response = match self.dispatch(&mut parts, body, &mut rec).await {
             Ok(Outcome::Proxied(res)) => return Ok(res),
             Ok(Outcome::Handshake(res)) => res,
@@ -133,7 +144,9 @@ impl Conn {
                 if let Some(body) = body {
                     drain_small_body(body).await;
                 }
-                reject.response(self.carrier).map(|b| Full::new(b).map_err(|e| match e {}).boxed())
+                reject
+                    .response(self.carrier)
+                    .map(|b| Full::new(b).map_err(|e| match e {}).boxed())
             }
         };
         let status = response.status().as_u16();
@@ -162,22 +175,32 @@ impl Conn {
             return Err((Reject::NoRoute, Some(body)));
         };
         rec.route = Some(route.path.clone());
-        let protocol = parts.extensions.get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
+        let protocol = parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .map(|p| p.as_str().to_owned());
         let kind = match handshake::classify(parts, route, h2, protocol.as_deref()) {
             Ok(k) => k,
             Err(r) => return Err((r, Some(body))),
         };
-        let fwd = ForwardInfo { client: self.client, tls: self.tls, host: &host };
+        let fwd = ForwardInfo {
+            client: self.client,
+            tls: self.tls,
+            host: &host,
+        };
         match kind {
             Kind::Plain => match &route.http {
                 Some(name) => {
                     rec.upstream = Some(name.clone());
-                    Ok(Outcome::Proxied(self.proxy_plain(parts, body, name, &fwd).await))
+                    Ok(Outcome::Proxied(
+                        self.proxy_plain(parts, body, name, &fwd).await,
+                    ))
                 }
                 None => Err((Reject::UpgradeRequired, Some(body))),
             },
             Kind::WebSocket => {
-                let negotiated = match handshake::negotiate(parts, route, &rt.config.websocket, h2) {
+                let negotiated = match handshake::negotiate(parts, route, &rt.config.websocket, h2)
+                {
                     Ok(n) => n,
                     Err(r) => return Err((r, Some(body))),
                 };
@@ -185,18 +208,26 @@ impl Conn {
                 rec.subprotocol = negotiated.subprotocol.clone();
                 rec.upstream = Some(negotiated.upstream.clone());
                 // RFC 8441 §5: h2 clients send no key; the upstream hop needs one of its own.
-                let key = negotiated.client_key.clone().unwrap_or_else(|| handshake::key_from_bytes(rand::random()));
+                let key = negotiated
+                    .client_key
+                    .clone()
+                    .unwrap_or_else(|| handshake::key_from_bytes(rand::random()));
                 let request = handshake::upstream_request(
                     parts,
-                    UpstreamUpgrade::WebSocket { negotiated: &negotiated, key: &key },
+                    UpstreamUpgrade::WebSocket {
+                        negotiated: &negotiated,
+                        key: &key,
+                    },
                     &fwd,
                 );
-                let (head, io, lease) = match self.upgrade_upstream(&negotiated.upstream, request).await {
-                    Ok(Ok(switched)) => switched,
-                    Ok(Err(refused)) => return Ok(Outcome::Handshake(refused)),
-                    Err(r) => return Err((r, None)),
-                };
-                handshake::check_upstream_101(&head, &key, negotiated.subprotocol.as_deref()).map_err(|r| (r, None))?;
+                let (head, io, lease) =
+                    match self.upgrade_upstream(&negotiated.upstream, request).await {
+                        Ok(Ok(switched)) => switched,
+                        Ok(Err(refused)) => return Ok(Outcome::Handshake(refused)),
+                        Err(r) => return Err((r, None)),
+                    };
+                handshake::check_upstream_101(&head, &key, negotiated.subprotocol.as_deref())
+                    .map_err(|r| (r, None))?;
                 let response = handshake::client_success(&negotiated, &head, h2);
                 self.open_tunnel(parts, io, lease, rec.clone());
                 Ok(Outcome::Handshake(response.map(|()| empty())))
@@ -206,7 +237,11 @@ impl Conn {
                     return Err((r, Some(body)));
                 }
                 rec.upstream = Some(upstream.clone());
-                let request = handshake::upstream_request(parts, UpstreamUpgrade::Other { token: &token }, &fwd);
+                let request = handshake::upstream_request(
+                    parts,
+                    UpstreamUpgrade::Other { token: &token },
+                    &fwd,
+                );
                 let (head, io, lease) = match self.upgrade_upstream(&upstream, request).await {
                     Ok(Ok(switched)) => switched,
                     Ok(Err(refused)) => return Ok(Outcome::Handshake(refused)),
@@ -226,15 +261,28 @@ impl Conn {
         &self,
         name: &str,
         request: Request<()>,
-    ) -> Result<Result<(http::response::Parts, hyper::upgrade::Upgraded, ServerLease), Response<ProxyBody>>, Reject> {
-        let pool = self.runtime.upstreams.get(name).ok_or(Reject::UpstreamUnreachable)?;
-        match self.runtime.upstreams.upgrade(pool, request, &self.gateway.metrics).await? {
+    ) -> Result<
+        Result<(http::response::Parts, hyper::upgrade::Upgraded, ServerLease), Response<ProxyBody>>,
+        Reject,
+    > {
+        let pool = self
+            .runtime
+            .upstreams
+            .get(name)
+            .ok_or(Reject::UpstreamUnreachable)?;
+        match self
+            .runtime
+            .upstreams
+            .upgrade(pool, request, &self.gateway.metrics)
+            .await?
+        {
             Answer::Switched { head, io, lease } => Ok(Ok((head, io, lease))),
             Answer::Refused(response) => {
                 let (mut head, body) = response.into_parts();
                 handshake::strip_hop_by_hop(&mut head.headers);
                 if !self.is_h2() {
-                    head.headers.insert(CONNECTION, HeaderValue::from_static("close"));
+                    head.headers
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok(Err(Response::from_parts(head, body.boxed())))
             }
@@ -256,8 +304,13 @@ impl Conn {
         let gateway = Arc::clone(&self.gateway);
         let permit = Arc::clone(&self.permit);
         let tracked = gateway.shutdown.track();
-        let active = gateway.metrics.tunnel_opened(rec.route_label(), rec.subprotocol.as_deref().unwrap_or(""));
-        let cfg = TunnelConfig { idle_timeout: self.runtime.config.limits.idle_timeout, counters: None };
+        let active = gateway
+            .metrics
+            .tunnel_opened(rec.route_label(), rec.subprotocol.as_deref().unwrap_or(""));
+        let cfg = TunnelConfig {
+            idle_timeout: self.runtime.config.limits.idle_timeout,
+            counters: None,
+        };
         rec.status = if self.is_h2() { 200 } else { 101 };
         rec.handshake = rec.started.elapsed();
         let task = async move {
@@ -278,7 +331,9 @@ impl Conn {
                 gateway.shutdown.expired(),
             )
             .await;
-            gateway.metrics.tunnel_bytes(outcome.bytes_up, outcome.bytes_down);
+            gateway
+                .metrics
+                .tunnel_bytes(outcome.bytes_up, outcome.bytes_down);
             gateway.metrics.tunnel_closed(outcome.duration);
             rec.log_tunnel(&outcome);
         };
@@ -286,8 +341,17 @@ impl Conn {
     }
 
     /// Reverse-proxies an ordinary request to the `http` upstream `name`.
-    async fn proxy_plain(&self, parts: &Parts, body: Incoming, name: &str, fwd: &ForwardInfo<'_>) -> Response<ProxyBody> {
-        let failure = |r: Reject| r.response(self.carrier).map(|b| Full::new(b).map_err(|e| match e {}).boxed());
+    async fn proxy_plain(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        name: &str,
+        fwd: &ForwardInfo<'_>,
+    ) -> Response<ProxyBody> {
+        let failure = |r: Reject| {
+            r.response(self.carrier)
+                .map(|b| Full::new(b).map_err(|e| match e {}).boxed())
+        };
         let Some(pool) = self.runtime.upstreams.get(name) else {
             return failure(Reject::UpstreamUnreachable);
         };

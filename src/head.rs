@@ -24,7 +24,11 @@ pub enum HeadError {
 
 /// Reads until one complete request head is buffered (it may be followed by early bytes) and
 /// returns everything read.
-pub async fn read_head<S>(io: &mut S, max_bytes: usize, timeout: Duration) -> Result<BytesMut, HeadError>
+pub async fn read_head<S>(
+    io: &mut S,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<BytesMut, HeadError>
 where
     S: AsyncRead + Unpin,
 {
@@ -81,7 +85,9 @@ mod tests {
 
     #[tokio::test]
     async fn complete_head_is_returned_with_early_bytes() {
-        let got = feed(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\nEARLY"], 1024).await.unwrap();
+        let got = feed(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\nEARLY"], 1024)
+            .await
+            .unwrap();
         assert_eq!(&got[..], b"GET / HTTP/1.1\r\nHost: a\r\n\r\nEARLY");
     }
 
@@ -92,7 +98,12 @@ mod tests {
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
         let rows: [(&str, &[u8], usize, Option<u16>); 5] = [
             ("over the limit, complete", big.as_bytes(), 1024, Some(431)),
-            ("over the limit, incomplete", &big.as_bytes()[..3000], 1024, Some(431)),
+            (
+                "over the limit, incomplete",
+                &big.as_bytes()[..3000],
+                1024,
+                Some(431),
+            ),
             ("too many header lines", many.as_bytes(), 1 << 20, Some(431)),
             ("garbage", b"\x16\x03\x01\x00\xff\r\n\r\n", 1024, Some(400)),
             ("eof before the end", b"GET / HTTP/1.1\r\n", 1024, None),

@@ -26,7 +26,12 @@ pub struct ConnPermit {
 impl ConnLimiter {
     /// Admits a connection from `ip` unless that would exceed `max_total` (503) or `max_per_ip`
     /// (429). Limits are passed per call so a reload applies to the next connection.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, max_total: usize, max_per_ip: Option<usize>) -> Result<ConnPermit, Reject> {
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: Option<usize>,
+    ) -> Result<ConnPermit, Reject> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Reject::TooManyConnections);
@@ -42,7 +47,10 @@ impl ConnLimiter {
             return Err(Reject::TooManyConnectionsPerIp);
         }
         *count += 1;
-        Ok(ConnPermit { limiter: Arc::clone(self), ip })
+        Ok(ConnPermit {
+            limiter: Arc::clone(self),
+            ip,
+        })
     }
 
     /// Open client connections right now.
@@ -53,7 +61,11 @@ impl ConnLimiter {
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        let mut per_ip = self.limiter.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_ip = self
+            .limiter
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(count) = per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -75,7 +87,10 @@ mod tests {
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let p1 = l.admit(a, 3, Some(1)).unwrap();
-        assert_eq!(l.admit(a, 3, Some(1)).unwrap_err(), Reject::TooManyConnectionsPerIp);
+        assert_eq!(
+            l.admit(a, 3, Some(1)).unwrap_err(),
+            Reject::TooManyConnectionsPerIp
+        );
         let p2 = l.admit(b, 3, Some(1)).unwrap();
         let p3 = l.admit("127.0.0.3".parse().unwrap(), 3, None).unwrap();
         assert_eq!(l.admit(b, 3, None).unwrap_err(), Reject::TooManyConnections);

@@ -22,7 +22,9 @@ use crate::io::Rewind;
 
 /// Binds `addr`; the error names the address and the OS error (exit code 1 in `main`).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
 }
 
 /// A listen address that could not be bound.
@@ -35,7 +37,9 @@ pub struct BindError {
 
 /// Accepts connections until the gateway starts draining.
 pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, gateway: Arc<Gateway>) {
-    let local = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -52,22 +56,40 @@ pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, gatewa
         };
         let _ = tcp.set_nodelay(true);
         let span = tracing::info_span!("conn", client = %client, listener = %local);
-        tokio::spawn(serve_connection(tcp, client, tls.clone(), Arc::clone(&gateway)).instrument(span));
+        tokio::spawn(
+            serve_connection(tcp, client, tls.clone(), Arc::clone(&gateway)).instrument(span),
+        );
     }
 }
 
-async fn serve_connection(tcp: TcpStream, client: SocketAddr, tls: Option<TlsAcceptor>, gateway: Arc<Gateway>) {
+async fn serve_connection(
+    tcp: TcpStream,
+    client: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    gateway: Arc<Gateway>,
+) {
     let _tracked = gateway.shutdown.track();
     let runtime = gateway.runtime();
     let limits = &runtime.config.limits;
-    let admitted = gateway.limiter.admit(client.ip(), limits.max_connections, limits.max_connections_per_ip);
+    let admitted = gateway.limiter.admit(
+        client.ip(),
+        limits.max_connections,
+        limits.max_connections_per_ip,
+    );
     let handshake_timeout = limits.handshake_timeout;
     let Some(acceptor) = tls else {
         let permit = match admitted {
             Ok(p) => p,
             Err(reject) => return answer_and_close(tcp, &reject, &gateway, client).await,
         };
-        let conn = Conn { gateway, runtime, client, tls: false, carrier: Carrier::Http1, permit: Arc::new(permit) };
+        let conn = Conn {
+            gateway,
+            runtime,
+            client,
+            tls: false,
+            carrier: Carrier::Http1,
+            permit: Arc::new(permit),
+        };
         return serve_http1(tcp, Arc::new(conn)).await;
     };
     let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
@@ -82,8 +104,19 @@ async fn serve_connection(tcp: TcpStream, client: SocketAddr, tls: Option<TlsAcc
         Err(reject) => return answer_and_close(stream, &reject, &gateway, client).await,
     };
     let carrier = if h2 { Carrier::Http2 } else { Carrier::Http1 };
-    let conn = Arc::new(Conn { gateway, runtime, client, tls: true, carrier, permit: Arc::new(permit) });
-    if h2 { serve_h2(stream, conn).await } else { serve_http1(stream, conn).await }
+    let conn = Arc::new(Conn {
+        gateway,
+        runtime,
+        client,
+        tls: true,
+        carrier,
+        permit: Arc::new(permit),
+    });
+    if h2 {
+        serve_h2(stream, conn).await
+    } else {
+        serve_http1(stream, conn).await
+    }
 }
 
 /// HTTP/1.1: our own read of the first head (exact 431 and handshake timeout), then hyper with
@@ -102,7 +135,9 @@ where
     let head = match read {
         Ok(head) => head.freeze(),
         Err(HeadError::Closed) => return,
-        Err(HeadError::Reject(reject)) => return answer_and_close(io, &reject, &conn.gateway, conn.client).await,
+        Err(HeadError::Reject(reject)) => {
+            return answer_and_close(io, &reject, &conn.gateway, conn.client).await;
+        }
     };
     let service = service_fn(move |req| Arc::clone(&conn).handle(req));
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -111,7 +146,9 @@ where
         .header_read_timeout(handshake_timeout)
         .max_buf_size((max_header_bytes + 4096).max(8192))
         .max_headers(head::MAX_HEADERS);
-    let connection = builder.serve_connection(TokioIo::new(Rewind::new(head, io)), service).with_upgrades();
+    let connection = builder
+        .serve_connection(TokioIo::new(Rewind::new(head, io)), service)
+        .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => log_connection_end(result),
@@ -183,7 +220,14 @@ where
 fn serialize(response: &http::Response<Bytes>) -> Bytes {
     let mut out = BytesMut::with_capacity(256 + response.body().len());
     let status = response.status();
-    out.put_slice(format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("")).as_bytes());
+    out.put_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
     for (name, value) in response.headers() {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
@@ -203,7 +247,10 @@ mod tests {
     fn serialized_answer_is_a_complete_http1_response() {
         let bytes = serialize(&Reject::TooManyConnections.response(Carrier::Http1));
         let text = std::str::from_utf8(&bytes).unwrap();
-        assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{text}"
+        );
         assert!(text.contains("retry-after: 1\r\n"));
         assert!(text.contains("connection: close\r\n"));
         let (head, body) = text.split_once("\r\n\r\n").unwrap();

@@ -96,13 +96,19 @@ fn main() -> ExitCode {
         }
         Command::Certs { out, names } => {
             let names = if names.is_empty() {
-                switchyard::certs::DEFAULT_NAMES.iter().map(|n| (*n).to_owned()).collect()
+                switchyard::certs::DEFAULT_NAMES
+                    .iter()
+                    .map(|n| (*n).to_owned())
+                    .collect()
             } else {
                 names
             };
             match switchyard::certs::write_dev_certs(&out, &names) {
                 Ok(()) => {
-                    println!("wrote ca.pem, ca-key.pem, server.pem, server-key.pem to {}", out.display());
+                    println!(
+                        "wrote ca.pem, ca-key.pem, server.pem, server-key.pem to {}",
+                        out.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -121,10 +127,17 @@ fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), String> {
         Some(l) => EnvFilter::try_new(l).map_err(|e| format!("{l:?}: {e}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
     Ok(())
 }

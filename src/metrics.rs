@@ -76,21 +76,36 @@ impl Default for Metrics {
             "Lifetime of closed tunnels",
             tunnel_duration.clone(),
         );
-        Metrics { registry, handshakes, tunnels_active, tunnel_bytes, upstream_connect, tunnel_duration }
+        Metrics {
+            registry,
+            handshakes,
+            tunnels_active,
+            tunnel_bytes,
+            upstream_connect,
+            tunnel_duration,
+        }
     }
 }
 
 impl Metrics {
     /// One handshake outcome; `route` is the route's path or [`NO_ROUTE`].
     pub fn handshake(&self, route: &str, status: u16) {
-        self.handshakes.get_or_create(&HandshakeLabels { route: route.to_owned(), status }).inc();
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
     }
 
     /// A tunnel opened; the returned guard marks it closed when dropped.
     pub fn tunnel_opened(&self, route: &str, subprotocol: &str) -> ActiveTunnel {
         let gauge = self
             .tunnels_active
-            .get_or_create(&TunnelLabels { route: route.to_owned(), subprotocol: subprotocol.to_owned() })
+            .get_or_create(&TunnelLabels {
+                route: route.to_owned(),
+                subprotocol: subprotocol.to_owned(),
+            })
             .clone();
         gauge.inc();
         ActiveTunnel { gauge }
@@ -98,8 +113,16 @@ impl Metrics {
 
     /// Bytes moved, added as they are counted.
     pub fn tunnel_bytes(&self, up: u64, down: u64) {
-        self.tunnel_bytes.get_or_create(&DirectionLabels { direction: "client_to_upstream" }).inc_by(up);
-        self.tunnel_bytes.get_or_create(&DirectionLabels { direction: "upstream_to_client" }).inc_by(down);
+        self.tunnel_bytes
+            .get_or_create(&DirectionLabels {
+                direction: "client_to_upstream",
+            })
+            .inc_by(up);
+        self.tunnel_bytes
+            .get_or_create(&DirectionLabels {
+                direction: "upstream_to_client",
+            })
+            .inc_by(down);
     }
 
     /// A tunnel closed after `lifetime`.
@@ -146,12 +169,25 @@ mod tests {
         m.tunnel_bytes(3, 4);
         m.upstream_connected(Duration::from_millis(2));
         let text = m.render();
-        assert!(text.contains(r#"switchyard_handshakes_total{route="/chat",status="101"} 1"#), "{text}");
-        assert!(text.contains(r#"switchyard_handshakes_total{route="none",status="404"} 1"#), "{text}");
-        assert!(text.contains(r#"switchyard_tunnels_active{route="/chat",subprotocol="chat.v2"} 1"#));
-        assert!(text.contains(r#"switchyard_tunnel_bytes_total{direction="client_to_upstream"} 3"#));
+        assert!(
+            text.contains(r#"switchyard_handshakes_total{route="/chat",status="101"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"switchyard_handshakes_total{route="none",status="404"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"switchyard_tunnels_active{route="/chat",subprotocol="chat.v2"} 1"#)
+        );
+        assert!(
+            text.contains(r#"switchyard_tunnel_bytes_total{direction="client_to_upstream"} 3"#)
+        );
         assert!(text.contains("switchyard_upstream_connect_seconds_count 1"));
         drop(t);
-        assert!(m.render().contains(r#"switchyard_tunnels_active{route="/chat",subprotocol="chat.v2"} 0"#));
+        assert!(
+            m.render()
+                .contains(r#"switchyard_tunnels_active{route="/chat",subprotocol="chat.v2"} 0"#)
+        );
     }
 }

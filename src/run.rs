@@ -1,6 +1,6 @@
 //! `switchyard run`: bind everything, serve, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -20,7 +20,10 @@ pub enum RunError {
     #[error(transparent)]
     Upstream(#[from] upstream::PoolError),
     #[error("listener {addr}: {source}")]
-    Tls { addr: std::net::SocketAddr, source: crate::tls::TlsError },
+    Tls {
+        addr: std::net::SocketAddr,
+        source: crate::tls::TlsError,
+    },
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -36,7 +39,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut bound = Vec::new();
     for l in &config.listeners {
         let tls = match &l.tls {
-            Some(t) => Some(ServerTls::new(t, l.http2).map_err(|source| RunError::Tls { addr: l.bind, source })?),
+            Some(t) => Some(ServerTls::new(t, l.http2).map_err(|source| RunError::Tls {
+                addr: l.bind,
+                source,
+            })?),
             None => None,
         };
         bound.push((listener::bind(l.bind).await?, tls));
@@ -90,7 +96,7 @@ fn log_listening(tcp: &tokio::net::TcpListener, kind: &'static str) {
 
 /// SIGHUP: re-read the config file and certificates. Anything invalid is logged and the running
 /// configuration stays in force. Listen addresses are fixed at start in this version.
-fn reload(source: &PathBuf, gateway: &Gateway, server_tls: &[Option<ServerTls>]) {
+fn reload(source: &Path, gateway: &Gateway, server_tls: &[Option<ServerTls>]) {
     let config = match config::load(source) {
         Ok(c) => c,
         Err(errors) => {

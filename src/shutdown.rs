@@ -51,7 +51,9 @@ impl Shutdown {
     /// Counts a connection or tunnel until the returned guard is dropped.
     pub fn track(&self) -> Tracked {
         self.live.count.fetch_add(1, Ordering::AcqRel);
-        Tracked { live: Arc::clone(&self.live) }
+        Tracked {
+            live: Arc::clone(&self.live),
+        }
     }
 
     /// Whether a drain has begun (`/readyz` answers 503).
@@ -105,7 +107,10 @@ mod tests {
         s.draining().await;
         assert!(s.is_draining());
         drop(t);
-        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
@@ -117,7 +122,9 @@ mod tests {
             s2.expired().await;
             drop(t);
         });
-        tokio::time::timeout(Duration::from_secs(5), s.drain(Duration::from_millis(10))).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.drain(Duration::from_millis(10)))
+            .await
+            .unwrap();
         lingering.await.unwrap();
     }
 }

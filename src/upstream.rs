@@ -85,7 +85,11 @@ impl ServerLease {
 /// What an upstream answered to the upgrade request.
 pub enum Answer {
     /// 101: the head, and the connection (with any bytes the upstream sent after its head).
-    Switched { head: http::response::Parts, io: Upgraded, lease: ServerLease },
+    Switched {
+        head: http::response::Parts,
+        io: Upgraded,
+        lease: ServerLease,
+    },
     /// Anything else, relayed to the client and never tunnelled.
     Refused(Response<Incoming>),
 }
@@ -119,7 +123,12 @@ impl Upstreams {
     }
 
     /// Connects to a server of `pool` and sends `request` as an HTTP/1.1 upgrade.
-    pub async fn upgrade(&self, pool: &Pool, request: Request<()>, metrics: &Metrics) -> Result<Answer, Reject> {
+    pub async fn upgrade(
+        &self,
+        pool: &Pool,
+        request: Request<()>,
+        metrics: &Metrics,
+    ) -> Result<Answer, Reject> {
         let (stream, lease) = pool.connect(self.connect_timeout, metrics).await?;
         let io = TokioIo::new(stream);
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -128,11 +137,18 @@ impl Upstreams {
             .map_err(|_| Reject::UpstreamUnreachable)?;
         tokio::spawn(conn.with_upgrades());
         let request = request.map(|()| Empty::new());
-        let mut response = match tokio::time::timeout(self.handshake_timeout, sender.send_request(request)).await {
+        let mut response = match tokio::time::timeout(
+            self.handshake_timeout,
+            sender.send_request(request),
+        )
+        .await
+        {
             Err(_) => return Err(Reject::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::debug!(upstream = %pool.name, server = %lease.server.label, error = %e, "upstream handshake failed");
-                return Err(Reject::UpstreamBadHandshake("no valid HTTP response".into()));
+                return Err(Reject::UpstreamBadHandshake(
+                    "no valid HTTP response".into(),
+                ));
             }
             Ok(Ok(r)) => r,
         };
@@ -153,8 +169,10 @@ impl Pool {
         let tls = match &config.tls {
             None => None,
             Some(t) => {
-                let client = tls::upstream_client_config(t)
-                    .map_err(|source| PoolError { name: config.name.clone(), source })?;
+                let client = tls::upstream_client_config(t).map_err(|source| PoolError {
+                    name: config.name.clone(),
+                    source,
+                })?;
                 Some((client, t.clone()))
             }
         };
@@ -189,8 +207,10 @@ impl Pool {
         let now = Instant::now();
         let n = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut order: Vec<Arc<Server>> =
-            (0..n).map(|i| Arc::clone(&self.servers[(start + i) % n])).filter(|s| s.is_up(now)).collect();
+        let mut order: Vec<Arc<Server>> = (0..n)
+            .map(|i| Arc::clone(&self.servers[(start + i) % n]))
+            .filter(|s| s.is_up(now))
+            .collect();
         if self.balance == Balance::LeastConnections {
             // Stable sort keeps the rotation among equally loaded servers.
             order.sort_by_key(|s| s.active.load(Ordering::Acquire));
@@ -199,7 +219,11 @@ impl Pool {
     }
 
     /// Connects to the first server that answers, in `candidates` order.
-    pub async fn connect(&self, timeout: Duration, metrics: &Metrics) -> Result<(UpstreamStream, ServerLease), Reject> {
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        metrics: &Metrics,
+    ) -> Result<(UpstreamStream, ServerLease), Reject> {
         let mut last = Reject::UpstreamUnreachable;
         for server in self.candidates() {
             let started = Instant::now();
@@ -232,7 +256,9 @@ impl Pool {
             Some((client_config, settings)) => {
                 let name = tls::server_name_for(settings, &server.addr.host)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                let tls = TlsConnector::from(Arc::clone(client_config)).connect(name, tcp).await?;
+                let tls = TlsConnector::from(Arc::clone(client_config))
+                    .connect(name, tcp)
+                    .await?;
                 Ok(UpstreamStream::Tls(Box::new(tls)))
             }
         }
@@ -259,7 +285,9 @@ impl Server {
 
     fn mark_down(&self) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let backoff = FIRST_BACKOFF.saturating_mul(1 << health.failures.min(5)).min(MAX_BACKOFF);
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << health.failures.min(5))
+            .min(MAX_BACKOFF);
         health.failures = health.failures.saturating_add(1);
         health.down_until = Some(Instant::now() + backoff);
     }
@@ -285,7 +313,12 @@ mod tests {
     fn pool(balance: Balance, n: usize) -> Pool {
         Pool::new(&UpstreamConfig {
             name: "p".into(),
-            servers: (0..n).map(|i| ServerAddr { host: "127.0.0.1".into(), port: 9000 + i as u16 }).collect(),
+            servers: (0..n)
+                .map(|i| ServerAddr {
+                    host: "127.0.0.1".into(),
+                    port: 9000 + i as u16,
+                })
+                .collect(),
             balance,
             tls: None,
             send_proxy_protocol: None,
@@ -328,6 +361,12 @@ mod tests {
 
     #[test]
     fn ipv6_servers_are_bracketed() {
-        assert_eq!(format_addr(&ServerAddr { host: "::1".into(), port: 80 }), "[::1]:80");
+        assert_eq!(
+            format_addr(&ServerAddr {
+                host: "::1".into(),
+                port: 80
+            }),
+            "[::1]:80"
+        );
     }
 }

@@ -25,7 +25,7 @@ pub use client::{
 pub use key::{accept_key, key_from_bytes};
 pub use upstream::{
     ForwardInfo, UpstreamUpgrade, check_upstream_101, check_upstream_other_101, forward_headers,
-    upstream_request,
+    strip_hop_by_hop, upstream_request,
 };
 
 use http::header::{CONNECTION, HOST, UPGRADE};

@@ -171,6 +171,20 @@ pub fn forward_headers(headers: &HeaderMap, fwd: &ForwardInfo<'_>) -> HeaderMap 
 }
 
 /// `existing, next` over every (non-hop-by-hop) line of `name`, or just `next`.
+/// Removes the hop-by-hop headers of one message (RFC 9110 §7.6.1) in place: used on upstream
+/// answers relayed to the client (a non-101, or an ordinary response of the `http` upstream).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let hop = HopByHop::of(headers);
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| hop.contains(n))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(&name);
+    }
+}
+
 fn appended(headers: &HeaderMap, hop: &HopByHop, name: HeaderName, next: &str) -> HeaderValue {
     let mut out = Vec::new();
     if !hop.contains(&name) {
@@ -628,5 +642,24 @@ mod tests {
             let got = check_upstream_other_101(&response(*status, lines), "tcp");
             assert_eq!(got.is_ok(), *ok, "{name}: {got:?}");
         }
+    }
+
+    #[test]
+    fn relayed_answers_lose_their_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("x-kept", "yes"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["content-length", "x-kept"]);
     }
 }
