@@ -1,0 +1,117 @@
+//! SPEC §1: `check` and `run` exit codes and the messages an operator needs (file, line, key,
+//! address).
+
+mod support;
+
+use support::*;
+
+fn write_config(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn check_good_config_prints_ok() {
+    bounded("check_good_config_prints_ok", async {
+        let dir = unique_temp_dir("cli-good");
+        let toml = ConfigBuilder::new()
+            .versions(&[13, 8, 7])
+            .limit("idle_timeout", "\"5m\"")
+            .upstream("chat", &[refused_addr()])
+            .route(Route::new("/ws").sub("chat.v2", "chat").fallback("chat"))
+            .build();
+        let path = write_config(&dir, "good.toml", &toml);
+        let (code, out, err) = run_cli(&["check", "--config", &path]).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            code, 0,
+            "check of a valid config; stdout {out:?} stderr {err:?}"
+        );
+        assert!(
+            out.lines().any(|l| l.trim() == "ok"),
+            "check did not print `ok`: {out:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn check_unknown_key_names_file_line_and_key() {
+    bounded("check_unknown_key_names_file_line_and_key", async {
+        let dir = unique_temp_dir("cli-unknown");
+        let upstream = refused_addr();
+        // The unknown key is on line 6.
+        let toml = format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[limits]\nidle_timeout = \"5m\"\nfrobnicate = 3\n\n\
+             [upstreams.chat]\nservers = [\"{upstream}\"]\n\n[[route]]\npath = \"/ws\"\nfallback = \"chat\"\n"
+        );
+        let path = write_config(&dir, "unknown-key.toml", &toml);
+        let (code, out, err) = run_cli(&["check", "--config", &path]).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let all = format!("{out}\n{err}");
+        assert_eq!(code, 2, "check of a config with an unknown key; output {all:?}");
+        assert!(all.contains("unknown-key.toml"), "message does not name the file: {all:?}");
+        assert!(
+            all.contains(":6") || all.contains("line 6"),
+            "message does not name line 6: {all:?}"
+        );
+        assert!(all.contains("frobnicate"), "message does not name the key: {all:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn run_missing_config_exits_2_naming_it() {
+    bounded("run_missing_config_exits_2_naming_it", async {
+        let dir = unique_temp_dir("cli-missing");
+        let path = dir
+            .join("does-not-exist.toml")
+            .to_string_lossy()
+            .into_owned();
+        let (code, out, err) = run_cli(&["run", "--config", &path]).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let all = format!("{out}\n{err}");
+        assert_eq!(code, 2, "run with a missing config file; output {all:?}");
+        assert!(
+            all.contains("does-not-exist.toml"),
+            "message does not name the file: {all:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn run_on_a_port_in_use_exits_1_naming_it() {
+    bounded("run_on_a_port_in_use_exits_1_naming_it", async {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("local_addr").to_string();
+        let dir = unique_temp_dir("cli-inuse");
+        let toml = format!(
+            "[[listener]]\nbind = \"{addr}\"\n\n[upstreams.chat]\nservers = [\"{}\"]\n\n\
+             [[route]]\npath = \"/ws\"\nfallback = \"chat\"\n",
+            refused_addr()
+        );
+        let path = write_config(&dir, "in-use.toml", &toml);
+        let (code, out, err) = run_cli(&["run", "--config", &path]).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(taken);
+        let all = format!("{out}\n{err}");
+        assert_eq!(code, 1, "run on a port in use; output {all:?}");
+        assert!(all.contains(&addr), "message does not name {addr}: {all:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_subcommand_exits_2() {
+    bounded("unknown_subcommand_exits_2", async {
+        let (code, out, err) = run_cli(&["frobnicate"]).await;
+        assert_eq!(code, 2, "unknown subcommand; stdout {out:?} stderr {err:?}");
+        assert!(
+            !err.trim().is_empty(),
+            "no message for an unknown subcommand"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,1528 @@
+//! Shared support for the integration tests: the real `switchyard` binary started on port 0,
+//! fake upstreams with exact scripted answers, and a byte-exact HTTP/1.1 client (STYLE example 11).
+//!
+//! Everything binds 127.0.0.1:0; readiness comes from the gateway's own `listening` log events,
+//! never from sleeps. Every upstream records what it received so that tests can prove what did
+//! (and did not) reach it.
+
+// Each test file uses a different part of this module.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::{SinkExt, StreamExt};
+use rand::{Rng, RngCore, SeedableRng};
+use serde_json::Value;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+/// The binary under test, built by cargo for integration tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// Upper bound for a whole test; a hang becomes a failure with this name, never a stuck run.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Upper bound for one network step (a response head, an expected close).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the gateway may take to log every `listening` event.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// RFC 6455 §1.3: the GUID appended to the client's key.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Runs a test body under [`TEST_TIMEOUT`] so that a hang fails with the test's name.
+pub async fn bounded<F: Future>(name: &str, body: F) -> F::Output {
+    match tokio::time::timeout(TEST_TIMEOUT, body).await {
+        Ok(out) => out,
+        Err(_) => panic!("{name}: did not finish within {TEST_TIMEOUT:?}"),
+    }
+}
+
+/// `Sec-WebSocket-Accept` for a client key, as RFC 6455 §4.2.2 step 5.4 defines it.
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WS_GUID.as_bytes());
+    B64.encode(sha.finalize())
+}
+
+/// A fresh `Sec-WebSocket-Key`: base64 of 16 random bytes (RFC 6455 §4.1 item 7).
+pub fn new_key() -> String {
+    let mut nonce = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    B64.encode(nonce)
+}
+
+/// `n` pseudo-random bytes from `seed`, so that a failure can be replayed.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut out);
+    out
+}
+
+/// A directory of our own under the system temp dir; removed by its owner.
+pub fn unique_temp_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("switchyard-test-{}-{n}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", dir.display()));
+    dir
+}
+
+/// An address nothing listens on: bound to learn a free port, then released, so a connect is
+/// refused.
+pub fn refused_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr")
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking test thread must not hide the record from the assertion that follows.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headers
+
+/// Header lines in wire order, names as sent; lookups are case-insensitive (RFC 9110 §5.1).
+#[derive(Debug, Clone, Default)]
+pub struct Headers(pub Vec<(String, String)>);
+
+impl Headers {
+    /// Every line's value for `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The first line's value for `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.all(name).into_iter().next()
+    }
+
+    /// Whether any line carries `name`.
+    pub fn has(&self, name: &str) -> bool {
+        !self.all(name).is_empty()
+    }
+
+    /// The comma-separated list over all lines of `name`, trimmed, empty elements dropped
+    /// (RFC 9110 §5.6.1).
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.all(name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
+
+    /// [`Headers::list`] lower-cased: for token headers such as `Connection` and `Upgrade`.
+    pub fn tokens(&self, name: &str) -> Vec<String> {
+        self.list(name)
+            .into_iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// Lower-cased names of every line.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|(n, _)| n.to_ascii_lowercase()).collect()
+    }
+}
+
+/// A request head as an upstream saw it.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: String,
+    /// The request target as sent (origin form: path and query).
+    pub target: String,
+    pub headers: Headers,
+}
+
+/// A response head as the client saw it.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub headers: Headers,
+}
+
+fn header_pairs(headers: &[httparse::Header<'_>]) -> Headers {
+    Headers(
+        headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Parses a complete request head (through the blank line).
+pub fn parse_request_head(raw: &[u8]) -> Result<RequestHead, String> {
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut slots);
+    match req.parse(raw) {
+        Ok(httparse::Status::Complete(_)) => Ok(RequestHead {
+            method: req.method.unwrap_or_default().to_string(),
+            target: req.path.unwrap_or_default().to_string(),
+            headers: header_pairs(req.headers),
+        }),
+        Ok(httparse::Status::Partial) => Err("partial request head".to_string()),
+        Err(e) => Err(format!("bad request head: {e}")),
+    }
+}
+
+/// Parses a complete response head (through the blank line).
+pub fn parse_response_head(raw: &[u8]) -> Result<ResponseHead, String> {
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut resp = httparse::Response::new(&mut slots);
+    match resp.parse(raw) {
+        Ok(httparse::Status::Complete(_)) => Ok(ResponseHead {
+            status: resp.code.unwrap_or_default(),
+            headers: header_pairs(resp.headers),
+        }),
+        Ok(httparse::Status::Partial) => Err("partial response head".to_string()),
+        Err(e) => Err(format!("bad response head: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway process
+
+/// What the background stderr reader has collected.
+#[derive(Default)]
+struct LogBook {
+    /// Every stderr line, for failure messages.
+    lines: Mutex<Vec<String>>,
+    /// The lines that parsed as JSON objects.
+    events: Mutex<Vec<Value>>,
+    /// Set once stderr reached EOF (the process exited or closed it).
+    eof: Mutex<bool>,
+    /// Woken on every new line and at EOF.
+    changed: Notify,
+}
+
+impl LogBook {
+    fn text(&self) -> String {
+        lock(&self.lines).join("\n")
+    }
+}
+
+async fn read_stderr(stderr: ChildStderr, book: Arc<LogBook>) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&line) {
+            lock(&book.events).push(v);
+        }
+        lock(&book.lines).push(line);
+        book.changed.notify_waiters();
+    }
+    *lock(&book.eof) = true;
+    book.changed.notify_waiters();
+}
+
+/// A running `switchyard run` child process, killed when dropped.
+pub struct Gateway {
+    child: Child,
+    dir: PathBuf,
+    config_path: PathBuf,
+    listeners: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    book: Arc<LogBook>,
+}
+
+/// How many `[[listener]]` entries and whether an `[admin]` section the config declares; the
+/// gateway logs one `listening` event for each.
+fn expected_binds(config_toml: &str) -> (usize, bool) {
+    let table: toml::Table = config_toml
+        .parse()
+        .unwrap_or_else(|e| panic!("test config is not valid TOML: {e}\n{config_toml}"));
+    let listeners = table
+        .get("listener")
+        .and_then(|l| l.as_array())
+        .map_or(0, Vec::len);
+    (listeners, table.contains_key("admin"))
+}
+
+fn event_str<'a>(ev: &'a Value, key: &str) -> Option<&'a str> {
+    ev.get(key).and_then(Value::as_str)
+}
+
+impl Gateway {
+    /// Writes `config_toml` to a fresh temp dir, starts `switchyard --log-format json run`, and
+    /// waits (at most [`READY_TIMEOUT`]) until every listener and the admin listener are bound.
+    pub async fn start(config_toml: &str) -> Gateway {
+        let (want_listeners, want_admin) = expected_binds(config_toml);
+        let dir = unique_temp_dir("gw");
+        let config_path = dir.join("switchyard.toml");
+        std::fs::write(&config_path, config_toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let book = Arc::new(LogBook::default());
+        tokio::spawn(read_stderr(stderr, book.clone()));
+        let mut gw = Gateway {
+            child,
+            dir,
+            config_path,
+            listeners: Vec::new(),
+            admin: None,
+            book,
+        };
+        let ready =
+            tokio::time::timeout(READY_TIMEOUT, gw.wait_listening(want_listeners, want_admin))
+                .await;
+        match ready {
+            Ok(Ok((listeners, admin))) => {
+                gw.listeners = listeners;
+                gw.admin = admin;
+                gw
+            }
+            Ok(Err(why)) => {
+                let status =
+                    match tokio::time::timeout(Duration::from_secs(2), gw.child.wait()).await {
+                        Ok(Ok(status)) => format!("exited with {status}"),
+                        Ok(Err(e)) => format!("wait failed: {e}"),
+                        Err(_) => "still running".to_string(),
+                    };
+                panic!(
+                    "gateway did not become ready: {why} ({status})\nconfig:\n{config_toml}\nstderr:\n{}",
+                    gw.book.text()
+                )
+            }
+            Err(_) => panic!(
+                "gateway logged no `listening` event for all {want_listeners} listener(s){} within {READY_TIMEOUT:?}\nconfig:\n{config_toml}\nstderr:\n{}",
+                if want_admin {
+                    " and the admin listener"
+                } else {
+                    ""
+                },
+                gw.book.text()
+            ),
+        }
+    }
+
+    async fn wait_listening(
+        &self,
+        want_listeners: usize,
+        want_admin: bool,
+    ) -> Result<(Vec<SocketAddr>, Option<SocketAddr>), String> {
+        loop {
+            let woken = self.book.changed.notified();
+            let mut listeners = Vec::new();
+            let mut admin = None;
+            for ev in lock(&self.book.events).iter() {
+                if event_str(ev, "message") != Some("listening") {
+                    continue;
+                }
+                let addr = event_str(ev, "addr")
+                    .ok_or_else(|| format!("`listening` event without a string `addr`: {ev}"))?;
+                let addr: SocketAddr = addr
+                    .parse()
+                    .map_err(|e| format!("`listening` addr {addr:?} is not ip:port: {e}"))?;
+                match event_str(ev, "kind") {
+                    Some("listener") => listeners.push(addr),
+                    Some("admin") => admin = Some(addr),
+                    other => return Err(format!("`listening` event with kind {other:?}: {ev}")),
+                }
+            }
+            if listeners.len() >= want_listeners && (admin.is_some() || !want_admin) {
+                return Ok((listeners, admin));
+            }
+            if *lock(&self.book.eof) {
+                return Err(format!(
+                    "stderr closed after {} of {want_listeners} listener event(s)",
+                    listeners.len()
+                ));
+            }
+            woken.await;
+        }
+    }
+
+    /// The first listener's bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners[0]
+    }
+
+    /// Every listener's bound address, in config order.
+    pub fn listeners(&self) -> &[SocketAddr] {
+        &self.listeners
+    }
+
+    /// The admin listener's bound address, when the config has `[admin]`.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The config file the gateway runs on.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Every JSON log event so far.
+    pub fn logs(&self) -> Vec<Value> {
+        lock(&self.book.events).clone()
+    }
+
+    /// Every stderr line so far, for failure messages.
+    pub fn stderr_text(&self) -> String {
+        self.book.text()
+    }
+
+    /// The access-log events so far (SPEC §7: `target = "access"`).
+    pub fn access_events(&self) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|e| event_str(e, "target") == Some("access"))
+            .collect()
+    }
+
+    /// Waits up to `within` for a log event matching `pred`; panics naming `what` otherwise.
+    pub async fn wait_log(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let search = async {
+            loop {
+                let woken = self.book.changed.notified();
+                if let Some(ev) = lock(&self.book.events).iter().find(|e| pred(e)) {
+                    return ev.clone();
+                }
+                woken.await;
+            }
+        };
+        match tokio::time::timeout(within, search).await {
+            Ok(ev) => ev,
+            Err(_) => panic!(
+                "no log event {what} within {within:?}\nstderr:\n{}",
+                self.stderr_text()
+            ),
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // kill_on_drop also does this; being explicit keeps the order (kill, then remove files).
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the binary with `args` to completion (bounded by [`IO_TIMEOUT`] x2) and returns
+/// (exit code, stdout, stderr).
+pub async fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+    let out = match tokio::time::timeout(IO_TIMEOUT * 2, child.wait_with_output()).await {
+        Ok(out) => {
+            out.unwrap_or_else(|e| panic!("waiting for `switchyard {}`: {e}", args.join(" ")))
+        }
+        Err(_) => panic!(
+            "`switchyard {}` still running after {:?}",
+            args.join(" "),
+            IO_TIMEOUT * 2
+        ),
+    };
+    let code = out.status.code().unwrap_or_else(|| {
+        panic!(
+            "`switchyard {}` killed by a signal: {:?}",
+            args.join(" "),
+            out.status
+        )
+    });
+    (
+        code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config builder
+
+/// A TOML basic string with the escaping TOML requires.
+pub fn q(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// One `[[route]]` of a test config.
+#[derive(Debug, Clone)]
+pub struct Route {
+    path: String,
+    host: Option<String>,
+    origins: Option<Vec<String>>,
+    select_server: bool,
+    fallback: Option<String>,
+    subprotocols: Vec<(String, String)>,
+}
+
+impl Route {
+    /// A route on `path` for any host, select = client, no fallback, no subprotocols.
+    pub fn new(path: &str) -> Route {
+        Route {
+            path: path.to_string(),
+            host: None,
+            origins: None,
+            select_server: false,
+            fallback: None,
+            subprotocols: Vec::new(),
+        }
+    }
+
+    /// Restricts the route to a host pattern (`name`, `*.suffix`).
+    pub fn host(mut self, host: &str) -> Route {
+        self.host = Some(host.to_string());
+        self
+    }
+
+    /// Maps a subprotocol to an upstream (config order matters for select = server).
+    pub fn sub(mut self, name: &str, upstream: &str) -> Route {
+        self.subprotocols
+            .push((name.to_string(), upstream.to_string()));
+        self
+    }
+
+    /// The upstream for requests offering no mapped subprotocol.
+    pub fn fallback(mut self, upstream: &str) -> Route {
+        self.fallback = Some(upstream.to_string());
+        self
+    }
+
+    /// An `Origin` allowlist.
+    pub fn origins(mut self, origins: &[&str]) -> Route {
+        self.origins = Some(origins.iter().map(|o| o.to_string()).collect());
+        self
+    }
+
+    /// `select = "server"`.
+    pub fn select_server(mut self) -> Route {
+        self.select_server = true;
+        self
+    }
+
+    fn render(&self, out: &mut String) {
+        out.push_str("[[route]]\n");
+        if let Some(host) = &self.host {
+            out.push_str(&format!("host = {}\n", q(host)));
+        }
+        out.push_str(&format!("path = {}\n", q(&self.path)));
+        if let Some(origins) = &self.origins {
+            let list: Vec<String> = origins.iter().map(|o| q(o)).collect();
+            out.push_str(&format!("origins = [{}]\n", list.join(", ")));
+        }
+        out.push_str(&format!(
+            "select = {}\n",
+            q(if self.select_server {
+                "server"
+            } else {
+                "client"
+            })
+        ));
+        if let Some(fb) = &self.fallback {
+            out.push_str(&format!("fallback = {}\n", q(fb)));
+        }
+        for (name, upstream) in &self.subprotocols {
+            out.push_str(&format!(
+                "[[route.subprotocol]]\nname = {}\nupstream = {}\n",
+                q(name),
+                q(upstream)
+            ));
+        }
+        out.push('\n');
+    }
+}
+
+/// A test config: one listener on 127.0.0.1:0 unless told otherwise.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    listeners: usize,
+    admin: bool,
+    versions: Option<Vec<u8>>,
+    limits: Vec<(String, String)>,
+    upstreams: Vec<(String, Vec<String>)>,
+    routes: Vec<Route>,
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        ConfigBuilder {
+            listeners: 1,
+            admin: false,
+            versions: None,
+            limits: Vec::new(),
+            upstreams: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl ConfigBuilder {
+    /// One listener, no admin, defaults everywhere else.
+    pub fn new() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Adds an `[admin]` listener on 127.0.0.1:0.
+    pub fn admin(mut self) -> ConfigBuilder {
+        self.admin = true;
+        self
+    }
+
+    /// `[websocket] versions`.
+    pub fn versions(mut self, versions: &[u8]) -> ConfigBuilder {
+        self.versions = Some(versions.to_vec());
+        self
+    }
+
+    /// A `[limits]` entry; `value` is TOML (`"300ms"` must be passed quoted, `8192` bare).
+    pub fn limit(mut self, key: &str, value: &str) -> ConfigBuilder {
+        self.limits.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// An `[upstreams.NAME]` with these servers (round robin).
+    pub fn upstream(mut self, name: &str, servers: &[SocketAddr]) -> ConfigBuilder {
+        self.upstreams.push((
+            name.to_string(),
+            servers.iter().map(|s| s.to_string()).collect(),
+        ));
+        self
+    }
+
+    /// Appends a route.
+    pub fn route(mut self, route: Route) -> ConfigBuilder {
+        self.routes.push(route);
+        self
+    }
+
+    /// The TOML text.
+    pub fn build(&self) -> String {
+        let mut out = String::new();
+        for _ in 0..self.listeners {
+            out.push_str("[[listener]]\nbind = \"127.0.0.1:0\"\n\n");
+        }
+        if self.admin {
+            out.push_str("[admin]\nbind = \"127.0.0.1:0\"\n\n");
+        }
+        if let Some(versions) = &self.versions {
+            let list: Vec<String> = versions.iter().map(u8::to_string).collect();
+            out.push_str(&format!(
+                "[websocket]\nversions = [{}]\n\n",
+                list.join(", ")
+            ));
+        }
+        if !self.limits.is_empty() {
+            out.push_str("[limits]\n");
+            for (k, v) in &self.limits {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+            out.push('\n');
+        }
+        for (name, servers) in &self.upstreams {
+            let list: Vec<String> = servers.iter().map(|s| q(s)).collect();
+            out.push_str(&format!(
+                "[upstreams.{name}]\nservers = [{}]\n\n",
+                list.join(", ")
+            ));
+        }
+        for route in &self.routes {
+            route.render(&mut out);
+        }
+        out
+    }
+
+    /// Builds and starts a gateway on it.
+    pub async fn start(&self) -> Gateway {
+        Gateway::start(&self.build()).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream (a): a real WebSocket echo server
+
+#[derive(Default)]
+struct WsState {
+    requests: Mutex<Vec<RequestHead>>,
+    accepted: AtomicUsize,
+}
+
+/// A WebSocket echo upstream (tokio-tungstenite): picks the first offered subprotocol, echoes
+/// every data message and records every request head it accepted.
+pub struct WsUpstream {
+    addr: SocketAddr,
+    state: Arc<WsState>,
+    task: JoinHandle<()>,
+}
+
+impl WsUpstream {
+    /// Listens on 127.0.0.1:0.
+    pub async fn start() -> WsUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind ws upstream");
+        let addr = listener.local_addr().expect("local_addr");
+        let state = Arc::new(WsState::default());
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                st.accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(ws_echo(stream, st.clone()));
+            }
+        });
+        WsUpstream { addr, state, task }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// TCP connections accepted so far (a failed handshake must leave this at 0).
+    pub fn connections(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Request heads of completed handshakes, in order.
+    pub fn requests(&self) -> Vec<RequestHead> {
+        lock(&self.state.requests).clone()
+    }
+}
+
+impl Drop for WsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn ws_echo(stream: TcpStream, state: Arc<WsState>) {
+    // The error type is tungstenite's `Callback` signature, not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let headers = Headers(
+            req.headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        );
+        // The gateway forwards only the selected subprotocol: echo it back.
+        if let Some(chosen) = headers.list("sec-websocket-protocol").first() {
+            if let Ok(value) = chosen.parse() {
+                resp.headers_mut().insert("sec-websocket-protocol", value);
+            }
+        }
+        lock(&state.requests).push(RequestHead {
+            method: req.method().to_string(),
+            target: req.uri().to_string(),
+            headers,
+        });
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    while let Some(Ok(msg)) = ws.next().await {
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream (b): a raw scripted upstream that records every byte
+
+#[derive(Default)]
+struct ConnRecord {
+    /// Every byte received on this connection.
+    received: Vec<u8>,
+    /// Length of the request head once it was read.
+    head_len: Option<usize>,
+    /// `received.len()` when this upstream first wrote (its response).
+    respond_mark: Option<usize>,
+    eof: bool,
+}
+
+/// The record of one upstream connection, shared with the test.
+#[derive(Default)]
+pub struct ConnLog {
+    record: Mutex<ConnRecord>,
+    changed: Notify,
+}
+
+impl ConnLog {
+    /// Every byte received so far.
+    pub fn received(&self) -> Vec<u8> {
+        lock(&self.record).received.clone()
+    }
+
+    /// The request head, parsed, once it was read.
+    pub fn head(&self) -> Option<RequestHead> {
+        let rec = lock(&self.record);
+        rec.head_len
+            .and_then(|n| parse_request_head(&rec.received[..n]).ok())
+    }
+
+    /// Bytes received after the request head.
+    pub fn after_head(&self) -> Vec<u8> {
+        let rec = lock(&self.record);
+        rec.received[rec.head_len.unwrap_or(rec.received.len())..].to_vec()
+    }
+
+    /// Bytes that had arrived after the head before this upstream answered (SPEC §4: must be none).
+    pub fn before_response(&self) -> Vec<u8> {
+        let rec = lock(&self.record);
+        match (rec.head_len, rec.respond_mark) {
+            (Some(h), Some(r)) if r > h => rec.received[h..r].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the gateway closed (or reset) its side.
+    pub fn eof(&self) -> bool {
+        lock(&self.record).eof
+    }
+
+    /// Waits up to `within` for EOF from the gateway; returns whether it came.
+    pub async fn wait_eof(&self, within: Duration) -> bool {
+        let wait = async {
+            loop {
+                let woken = self.changed.notified();
+                if self.eof() {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
+    }
+}
+
+/// One accepted upstream connection, handed to the script.
+pub struct RawConn {
+    stream: TcpStream,
+    log: Arc<ConnLog>,
+    /// Received and not yet consumed by the script.
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    /// This connection's record.
+    pub fn log(&self) -> Arc<ConnLog> {
+        self.log.clone()
+    }
+
+    /// Reads once into the buffer, recording; false on EOF or error.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk).await.unwrap_or(0);
+        {
+            let mut rec = lock(&self.log.record);
+            if n == 0 {
+                rec.eof = true;
+            } else {
+                rec.received.extend_from_slice(&chunk[..n]);
+            }
+        }
+        self.log.changed.notify_waiters();
+        if n > 0 {
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        n > 0
+    }
+
+    /// Reads the request head; `None` if the connection ended first or the head is malformed.
+    pub async fn read_head(&mut self) -> Option<RequestHead> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 4).collect();
+                lock(&self.log.record).head_len = Some(raw.len());
+                return parse_request_head(&raw).ok();
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// The next bytes (buffered first); `None` on EOF.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        if self.buf.is_empty() && !self.fill().await {
+            return None;
+        }
+        Some(std::mem::take(&mut self.buf))
+    }
+
+    /// Exactly `n` bytes, or fewer if the connection ended.
+    pub async fn recv_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            if !self.fill().await {
+                break;
+            }
+        }
+        let take = n.min(self.buf.len());
+        self.buf.drain(..take).collect()
+    }
+
+    /// Everything until EOF.
+    pub async fn read_to_eof(&mut self) -> Vec<u8> {
+        let mut all = std::mem::take(&mut self.buf);
+        while self.fill().await {
+            all.append(&mut self.buf);
+        }
+        all
+    }
+
+    /// Writes `bytes` in one write; the first write marks where the response began.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        {
+            let mut rec = lock(&self.log.record);
+            if rec.respond_mark.is_none() {
+                rec.respond_mark = Some(rec.received.len());
+            }
+        }
+        self.stream.write_all(bytes).await
+    }
+
+    /// Echoes every byte until EOF, then shuts down its write side (half-close propagation).
+    pub async fn echo(&mut self) {
+        while let Some(data) = self.recv().await {
+            if self.stream.write_all(&data).await.is_err() {
+                return;
+            }
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// `shutdown(SHUT_WR)`: EOF towards the gateway, reading stays open.
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Resets the connection (SO_LINGER 0, then close: an RST, not a FIN).
+    pub fn abort(self) {
+        let _ = self.stream.set_zero_linger();
+        drop(self.stream);
+    }
+}
+
+/// A boxed per-connection script.
+pub type Script = Arc<dyn Fn(RawConn) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Boxes an async closure into a [`Script`].
+pub fn script<F, Fut>(f: F) -> Script
+where
+    F: Fn(RawConn) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |conn| Box::pin(f(conn)))
+}
+
+/// A hand-written 101 answering `head` with the correct accept and, if given, a subprotocol.
+pub fn response_101(head: &RequestHead, protocol: Option<&str>) -> Vec<u8> {
+    let key = head.headers.get("sec-websocket-key").unwrap_or_default();
+    response_101_with_accept(&accept_key(key), protocol)
+}
+
+/// A hand-written 101 with an arbitrary `Sec-WebSocket-Accept` value.
+pub fn response_101_with_accept(accept: &str, protocol: Option<&str>) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+    );
+    if let Some(p) = protocol {
+        out.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// The subprotocol the gateway forwarded (it forwards only the selected one).
+pub fn offered(head: &RequestHead) -> Option<String> {
+    head.headers
+        .list("sec-websocket-protocol")
+        .into_iter()
+        .next()
+}
+
+/// Script: a correct 101 (echoing the forwarded subprotocol) plus `early` in the same write,
+/// then echo raw bytes until EOF.
+pub fn accept_then_echo(early: &[u8]) -> Script {
+    let early = early.to_vec();
+    script(move |mut c| {
+        let early = early.clone();
+        async move {
+            let Some(head) = c.read_head().await else {
+                return;
+            };
+            let mut out = response_101(&head, offered(&head).as_deref());
+            out.extend_from_slice(&early);
+            if c.send(&out).await.is_ok() {
+                c.echo().await;
+            }
+        }
+    })
+}
+
+/// Script: a correct 101, then hold the connection (recording) until the gateway closes it.
+pub fn accept_then_hold() -> Script {
+    script(|mut c| async move {
+        let Some(head) = c.read_head().await else {
+            return;
+        };
+        if c.send(&response_101(&head, offered(&head).as_deref()))
+            .await
+            .is_ok()
+        {
+            c.read_to_eof().await;
+        }
+    })
+}
+
+/// Script: answer the head with `answer(head)` in one write, then keep recording until EOF.
+pub fn respond(answer: impl Fn(&RequestHead) -> Vec<u8> + Send + Sync + 'static) -> Script {
+    let answer = Arc::new(answer);
+    script(move |mut c| {
+        let answer = answer.clone();
+        async move {
+            let Some(head) = c.read_head().await else {
+                return;
+            };
+            if c.send(&answer(&head)).await.is_ok() {
+                c.read_to_eof().await;
+            }
+        }
+    })
+}
+
+/// Script: fixed bytes after the head, then keep recording until EOF.
+pub fn answer(bytes: &[u8]) -> Script {
+    let bytes = bytes.to_vec();
+    respond(move |_| bytes.clone())
+}
+
+/// Script: record everything, never answer.
+pub fn stall() -> Script {
+    script(|mut c| async move {
+        c.read_to_eof().await;
+    })
+}
+
+/// A raw upstream running one [`Script`] per connection and recording every byte it receives.
+pub struct RawUpstream {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<Arc<ConnLog>>>>,
+    accepted: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl RawUpstream {
+    /// Listens on 127.0.0.1:0 and runs `script` for each accepted connection.
+    pub async fn start(script: Script) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw upstream");
+        let addr = listener.local_addr().expect("local_addr");
+        let conns: Arc<Mutex<Vec<Arc<ConnLog>>>> = Arc::default();
+        let accepted = Arc::new(Notify::new());
+        let (c2, a2) = (conns.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = Arc::new(ConnLog::default());
+                lock(&c2).push(log.clone());
+                a2.notify_waiters();
+                let conn = RawConn {
+                    stream,
+                    log,
+                    buf: Vec::new(),
+                };
+                tokio::spawn(script(conn));
+            }
+        });
+        RawUpstream {
+            addr,
+            conns,
+            accepted,
+            task,
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The records of every accepted connection, in accept order.
+    pub fn conns(&self) -> Vec<Arc<ConnLog>> {
+        lock(&self.conns).clone()
+    }
+
+    /// Bytes received over all connections (a failed handshake must leave this at 0).
+    pub fn total_bytes(&self) -> usize {
+        self.conns().iter().map(|c| c.received().len()).sum()
+    }
+
+    /// Waits up to `within` for connection number `index` (0-based).
+    pub async fn conn(&self, index: usize, within: Duration) -> Arc<ConnLog> {
+        let wait = async {
+            loop {
+                let woken = self.accepted.notified();
+                if let Some(c) = lock(&self.conns).get(index) {
+                    return c.clone();
+                }
+                woken.await;
+            }
+        };
+        match tokio::time::timeout(within, wait).await {
+            Ok(c) => c,
+            Err(_) => panic!(
+                "upstream {} accepted no connection #{index} within {within:?}",
+                self.addr
+            ),
+        }
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client
+
+/// A client request built from ordered header lines, duplicates allowed, so that odd shapes can
+/// be sent exactly.
+#[derive(Debug, Clone)]
+pub struct ClientRequest {
+    pub method: String,
+    pub target: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    /// The `Sec-WebSocket-Key` sent (empty for a plain request).
+    pub key: String,
+}
+
+impl ClientRequest {
+    /// A valid version-13 upgrade for `target` with `Host: host` and a fresh key.
+    pub fn ws(host: &str, target: &str) -> ClientRequest {
+        let key = new_key();
+        ClientRequest {
+            method: "GET".into(),
+            target: target.into(),
+            version: "HTTP/1.1".into(),
+            headers: vec![
+                ("Host".into(), host.into()),
+                ("Upgrade".into(), "websocket".into()),
+                ("Connection".into(), "Upgrade".into()),
+                ("Sec-WebSocket-Key".into(), key.clone()),
+                ("Sec-WebSocket-Version".into(), "13".into()),
+            ],
+            key,
+        }
+    }
+
+    /// An ordinary GET (no upgrade).
+    pub fn plain(host: &str, target: &str) -> ClientRequest {
+        ClientRequest {
+            method: "GET".into(),
+            target: target.into(),
+            version: "HTTP/1.1".into(),
+            headers: vec![
+                ("Host".into(), host.into()),
+                ("Accept".into(), "*/*".into()),
+            ],
+            key: String::new(),
+        }
+    }
+
+    /// Another method.
+    pub fn method(mut self, method: &str) -> ClientRequest {
+        self.method = method.into();
+        self
+    }
+
+    /// Appends a header line.
+    pub fn header(mut self, name: &str, value: &str) -> ClientRequest {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Replaces every line of `name` with one line (in the first one's place, else appended).
+    pub fn set(mut self, name: &str, value: &str) -> ClientRequest {
+        match self
+            .headers
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some(i) => {
+                self.headers[i].1 = value.into();
+                let mut seen = 0;
+                self.headers.retain(|(n, _)| {
+                    let same = n.eq_ignore_ascii_case(name);
+                    seen += usize::from(same);
+                    !same || seen == 1
+                });
+            }
+            None => self.headers.push((name.into(), value.into())),
+        }
+        if name.eq_ignore_ascii_case("sec-websocket-key") {
+            self.key = value.into();
+        }
+        self
+    }
+
+    /// Removes every line of `name`.
+    pub fn remove(mut self, name: &str) -> ClientRequest {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self
+    }
+
+    /// Adds a `Sec-WebSocket-Protocol` line.
+    pub fn protocol(self, offer: &str) -> ClientRequest {
+        self.header("Sec-WebSocket-Protocol", offer)
+    }
+
+    /// The request head as bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!("{} {} {}\r\n", self.method, self.target, self.version);
+        for (n, v) in &self.headers {
+            out.push_str(&format!("{n}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+}
+
+/// A raw TCP client with its own read buffer.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("connect to {addr} timed out"))
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes` in one write. Errors are returned, not fatal: a gateway may close early.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// `shutdown(SHUT_WR)`.
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Reads once; 0 on EOF or reset.
+    async fn fill(&mut self) -> usize {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk).await.unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads a response head; panics with what arrived if it does not within [`IO_TIMEOUT`].
+    pub async fn read_head(&mut self) -> ResponseHead {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 4).collect();
+                return parse_response_head(&raw)
+                    .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&raw)));
+            }
+            match tokio::time::timeout(IO_TIMEOUT, self.fill()).await {
+                Ok(0) => panic!(
+                    "connection closed before a complete response head; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ),
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no complete response head within {IO_TIMEOUT:?}; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ),
+            }
+        }
+    }
+
+    /// Reads a response head and its body (by `Content-Length`, else until EOF).
+    pub async fn read_response(&mut self) -> (ResponseHead, Vec<u8>) {
+        let head = self.read_head().await;
+        let body = match head.headers.get("content-length") {
+            Some(len) => {
+                let len: usize = len
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad Content-Length {len:?}: {e}"));
+                self.read_exact(len).await
+            }
+            None if head.status == 101 => Vec::new(),
+            None => {
+                let (body, closed) = self.read_to_eof(IO_TIMEOUT).await;
+                assert!(
+                    closed,
+                    "response without Content-Length not ended by a close"
+                );
+                body
+            }
+        };
+        (head, body)
+    }
+
+    /// Exactly `n` bytes (buffered first); panics with what arrived otherwise.
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            match tokio::time::timeout(IO_TIMEOUT, self.fill()).await {
+                Ok(0) => panic!(
+                    "connection closed after {} of {n} expected bytes",
+                    self.buf.len()
+                ),
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "only {} of {n} expected bytes within {IO_TIMEOUT:?}",
+                    self.buf.len()
+                ),
+            }
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Bytes already read past the last head.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Everything until EOF (or reset), and whether EOF came within `within`.
+    pub async fn read_to_eof(&mut self, within: Duration) -> (Vec<u8>, bool) {
+        let closed = tokio::time::timeout(within, async { while self.fill().await > 0 {} })
+            .await
+            .is_ok();
+        (self.take_buffered(), closed)
+    }
+
+    /// Whether the peer closed (EOF or reset) within `within`; bytes read meanwhile are dropped.
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        self.read_to_eof(within).await.1
+    }
+
+    /// Splits into halves for concurrent reading and writing; returns any buffered bytes too.
+    pub fn into_split(self) -> (Vec<u8>, OwnedReadHalf, OwnedWriteHalf) {
+        let (r, w) = self.stream.into_split();
+        (self.buf, r, w)
+    }
+}
+
+/// Connects, sends `req` in one write followed by `early` in the same write, and reads the head.
+pub async fn exchange(
+    addr: SocketAddr,
+    req: &ClientRequest,
+    early: &[u8],
+) -> (Client, ResponseHead) {
+    let mut c = Client::connect(addr).await;
+    let mut bytes = req.to_bytes();
+    bytes.extend_from_slice(early);
+    // A gateway rejecting a large head may close before reading it all; the answer still counts.
+    let _ = c.send(&bytes).await;
+    let head = c.read_head().await;
+    (c, head)
+}
+
+/// Asserts SPEC §3's 101 invariants: status, the RFC 6455 §4.2.2 accept for `key`, no
+/// `Sec-WebSocket-Version`, and `Sec-WebSocket-Protocol` exactly once only when selected.
+pub fn assert_101(head: &ResponseHead, key: &str, protocol: Option<&str>) {
+    assert_eq!(head.status, 101, "expected 101, got {head:?}");
+    assert_eq!(
+        head.headers.all("sec-websocket-accept"),
+        vec![accept_key(key).as_str()],
+        "Sec-WebSocket-Accept in {head:?}"
+    );
+    assert!(
+        !head.headers.has("sec-websocket-version"),
+        "a 101 must not carry Sec-WebSocket-Version: {head:?}"
+    );
+    let want: Vec<&str> = protocol.into_iter().collect();
+    assert_eq!(
+        head.headers.all("sec-websocket-protocol"),
+        want,
+        "Sec-WebSocket-Protocol lines in the 101: {head:?}"
+    );
+    assert!(
+        head.headers.tokens("upgrade") == ["websocket"]
+            && head
+                .headers
+                .tokens("connection")
+                .contains(&"upgrade".into()),
+        "101 without Upgrade: websocket / Connection: upgrade: {head:?}"
+    );
+}
+
+/// Reads a failure answer and asserts SPEC §3's contract for it: `status`, `Connection: close`,
+/// a non-empty `text/plain` body, and the connection closed afterwards. Returns head and body.
+pub async fn expect_failure(c: &mut Client, status: u16, what: &str) -> (ResponseHead, Vec<u8>) {
+    let (head, body) = c.read_response().await;
+    let body_text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(
+        head.status, status,
+        "{what}: status; head {head:?}, body {body_text:?}"
+    );
+    assert!(
+        head.headers
+            .tokens("connection")
+            .contains(&"close".to_string()),
+        "{what}: no `Connection: close` in {head:?}"
+    );
+    let ct = head
+        .headers
+        .get("content-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        ct.starts_with("text/plain"),
+        "{what}: Content-Type {ct:?} is not text/plain"
+    );
+    assert!(
+        !body_text.trim().is_empty(),
+        "{what}: empty body; it must name the reason"
+    );
+    let (rest, closed) = c.read_to_eof(IO_TIMEOUT).await;
+    assert!(
+        closed,
+        "{what}: connection still open {IO_TIMEOUT:?} after the answer"
+    );
+    assert!(
+        rest.is_empty(),
+        "{what}: {} bytes after the answer: {:?}",
+        rest.len(),
+        String::from_utf8_lossy(&rest)
+    );
+    (head, body)
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket frames, for the tunnels a test drives by hand
+
+/// A masked client frame (RFC 6455 §5.2, §5.3) with FIN set; payloads up to 65535 bytes.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    let mask: [u8; 4] = rand::thread_rng().r#gen();
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Reads one unmasked server frame with a short payload; returns (opcode, payload).
+pub async fn read_server_frame(c: &mut Client) -> (u8, Vec<u8>) {
+    let hdr = c.read_exact(2).await;
+    assert_eq!(
+        hdr[1] & 0x80,
+        0,
+        "server frame is masked (RFC 6455 §5.1): {hdr:?}"
+    );
+    let len = match hdr[1] & 0x7f {
+        126 => {
+            let ext = c.read_exact(2).await;
+            usize::from(u16::from_be_bytes([ext[0], ext[1]]))
+        }
+        127 => panic!("unexpected 64-bit frame length in a test echo"),
+        n => usize::from(n),
+    };
+    (hdr[0] & 0x0f, c.read_exact(len).await)
+}
+
+/// A tokio-tungstenite client handshake over TCP with the given subprotocol offer.
+pub async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+    protocol: Option<&str>,
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("ws request");
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", p.parse().expect("header value"));
+    }
+    let tcp = TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    match tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(req, tcp)).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => panic!("WebSocket handshake via the gateway failed: {e}"),
+        Err(_) => panic!("WebSocket handshake via the gateway timed out"),
+    }
+}
+
+/// Random write sizes for stream tests: 1..=64 KiB.
+pub fn chunk_len(rng: &mut impl Rng, left: usize) -> usize {
+    rng.gen_range(1..=65536).min(left)
+}
