@@ -1051,10 +1051,12 @@ pub fn answer(bytes: &[u8]) -> Script {
     respond(move |_| bytes.clone())
 }
 
-/// Script: record everything, never answer.
+/// Script: read the request head (so it is recorded), then never answer.
 pub fn stall() -> Script {
     script(|mut c| async move {
-        c.read_to_eof().await;
+        if c.read_head().await.is_some() {
+            c.read_to_eof().await;
+        }
     })
 }
 
