@@ -53,27 +53,29 @@ impl AccessRecord {
     pub fn log_handshake(&mut self, status: u16) {
         self.status = status;
         self.handshake = self.started.elapsed();
-        tracing::info!(
-            target: "access",
-            client = %self.client,
-            host = %self.host,
-            path = %self.path,
-            http_version = self.http_version,
-            ws_version = %self.ws_version.map_or_else(|| NONE.to_owned(), |v| v.to_string()),
-            subprotocol = self.subprotocol.as_deref().unwrap_or(NONE),
-            upstream = self.upstream.as_deref().unwrap_or(NONE),
-            status = self.status,
-            handshake_ms = millis(self.handshake),
-            duration_ms = millis(self.handshake),
-            bytes_up = 0u64,
-            bytes_down = 0u64,
-            closed_by = NONE,
-            "handshake"
-        );
+        self.emit("handshake", self.handshake, 0, 0, NONE);
     }
 
     /// Logs a closed tunnel opened by this handshake.
     pub fn log_tunnel(&self, outcome: &TunnelOutcome) {
+        let closed_by = outcome.closed_by.to_string();
+        self.emit(
+            "tunnel closed",
+            outcome.duration,
+            outcome.bytes_up,
+            outcome.bytes_down,
+            &closed_by,
+        );
+    }
+
+    fn emit(
+        &self,
+        event: &str,
+        duration: Duration,
+        bytes_up: u64,
+        bytes_down: u64,
+        closed_by: &str,
+    ) {
         tracing::info!(
             target: "access",
             client = %self.client,
@@ -85,11 +87,11 @@ impl AccessRecord {
             upstream = self.upstream.as_deref().unwrap_or(NONE),
             status = self.status,
             handshake_ms = millis(self.handshake),
-            duration_ms = millis(outcome.duration),
-            bytes_up = outcome.bytes_up,
-            bytes_down = outcome.bytes_down,
-            closed_by = %outcome.closed_by,
-            "tunnel closed"
+            duration_ms = millis(duration),
+            bytes_up,
+            bytes_down,
+            closed_by,
+            "{event}"
         );
     }
 }
