@@ -30,6 +30,7 @@ use crate::error::{Carrier, Reject};
 use crate::handshake::{self, ForwardInfo, Kind, UpstreamUpgrade};
 use crate::limits::{ConnLimiter, ConnPermit};
 use crate::metrics::Metrics;
+use crate::proxy_protocol::ProxiedAddrs;
 use crate::route::RouteTable;
 use crate::shutdown::Shutdown;
 use crate::tunnel::{self, TunnelConfig};
@@ -99,7 +100,11 @@ impl Gateway {
 pub struct Conn {
     pub gateway: Arc<Gateway>,
     pub runtime: Arc<Runtime>,
+    /// The client: the socket's peer, or the PROXY header's source (SPEC §7).
     pub client: SocketAddr,
+    /// The address the client connected to: the listener socket's, or the PROXY header's
+    /// destination. Sent on as the destination of an upstream's `send_proxy_protocol` header.
+    pub local: SocketAddr,
     pub tls: bool,
     pub carrier: Carrier,
     /// Shared with the tunnels this connection opens, so the connection slot lives as long as they do.
@@ -117,6 +122,14 @@ enum Outcome {
 impl Conn {
     fn is_h2(&self) -> bool {
         self.carrier == Carrier::Http2
+    }
+
+    /// Both ends of the client connection, for an upstream's PROXY header.
+    fn addrs(&self) -> ProxiedAddrs {
+        ProxiedAddrs {
+            source: self.client,
+            destination: self.local,
+        }
     }
 
     /// The hyper service: never fails, every problem is an HTTP answer.
@@ -273,7 +286,7 @@ impl Conn {
         match self
             .runtime
             .upstreams
-            .upgrade(pool, request, &self.gateway.metrics)
+            .upgrade(pool, request, self.addrs(), &self.gateway.metrics)
             .await?
         {
             Answer::Switched { head, io, lease } => Ok(Ok((head, io, lease))),

@@ -27,6 +27,7 @@ pub mod io;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod route;
 pub mod run;
 pub mod shutdown;

@@ -19,6 +19,7 @@ use crate::error::{Carrier, Reject};
 use crate::gateway::{Conn, Gateway};
 use crate::head::{self, HeadError};
 use crate::io::Rewind;
+use crate::proxy_protocol::{self, ProxiedAddrs};
 
 /// Binds `addr`; the error names the address and the OS error (exit code 1 in `main`).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -35,8 +36,14 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// Accepts connections until the gateway starts draining.
-pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, gateway: Arc<Gateway>) {
+/// Accepts connections until the gateway starts draining. With `proxy_protocol` every connection
+/// must start with a PROXY v1/v2 header (SPEC §7).
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
+    gateway: Arc<Gateway>,
+) {
     let local = listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
@@ -57,20 +64,36 @@ pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, gatewa
         let _ = tcp.set_nodelay(true);
         let span = tracing::info_span!("conn", client = %client, listener = %local);
         tokio::spawn(
-            serve_connection(tcp, client, tls.clone(), Arc::clone(&gateway)).instrument(span),
+            serve_connection(
+                tcp,
+                client,
+                tls.clone(),
+                proxy_protocol,
+                Arc::clone(&gateway),
+            )
+            .instrument(span),
         );
     }
 }
 
 async fn serve_connection(
-    tcp: TcpStream,
-    client: SocketAddr,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
     tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
     gateway: Arc<Gateway>,
 ) {
     let _tracked = gateway.shutdown.track();
     let runtime = gateway.runtime();
     let limits = &runtime.config.limits;
+    // The PROXY header comes before admission so that limits count the real client (SPEC §6, §7).
+    let Some(ProxiedAddrs {
+        source: client,
+        destination: local,
+    }) = connection_addrs(&mut tcp, peer, proxy_protocol, limits.handshake_timeout).await
+    else {
+        return;
+    };
     let admitted = gateway.limiter.admit(
         client.ip(),
         limits.max_connections,
@@ -86,6 +109,7 @@ async fn serve_connection(
             gateway,
             runtime,
             client,
+            local,
             tls: false,
             carrier: Carrier::Http1,
             permit: Arc::new(permit),
@@ -108,6 +132,7 @@ async fn serve_connection(
         gateway,
         runtime,
         client,
+        local,
         tls: true,
         carrier,
         permit: Arc::new(permit),
@@ -116,6 +141,36 @@ async fn serve_connection(
         serve_h2(stream, conn).await
     } else {
         serve_http1(stream, conn).await
+    }
+}
+
+/// The client connection's two ends: the socket's, or on a `proxy_protocol` listener the ones its
+/// PROXY header names (a header without addresses keeps the socket's). `None`: no valid header in
+/// time; the connection is closed without an answer (SPEC §7).
+async fn connection_addrs(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    proxy_protocol: bool,
+    timeout: Duration,
+) -> Option<ProxiedAddrs> {
+    let local = tcp.local_addr().unwrap_or(peer);
+    let socket = ProxiedAddrs {
+        source: peer,
+        destination: local,
+    };
+    if !proxy_protocol {
+        return Some(socket);
+    }
+    match proxy_protocol::read_header(tcp, timeout).await {
+        Ok(Some(addrs)) => {
+            tracing::debug!(source = %addrs.source, "PROXY header");
+            Some(addrs)
+        }
+        Ok(None) => Some(socket),
+        Err(e) => {
+            tracing::debug!(error = %e, "closing: no valid PROXY header");
+            None
+        }
     }
 }
 

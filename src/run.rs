@@ -45,7 +45,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             })?),
             None => None,
         };
-        bound.push((listener::bind(l.bind).await?, tls));
+        bound.push((listener::bind(l.bind).await?, tls, l.proxy_protocol));
     }
     let admin = match &config.admin {
         Some(a) => Some(listener::bind(a.bind).await?),
@@ -55,11 +55,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let gateway = Gateway::new(Runtime::new(config)?);
 
     let mut server_tls = Vec::new();
-    for (tcp, tls) in bound {
+    for (tcp, tls, proxy_protocol) in bound {
         log_listening(&tcp, "listener");
         let acceptor: Option<TlsAcceptor> = tls.as_ref().map(ServerTls::acceptor);
         server_tls.push(tls);
-        tokio::spawn(listener::accept_loop(tcp, acceptor, Arc::clone(&gateway)));
+        tokio::spawn(listener::accept_loop(
+            tcp,
+            acceptor,
+            proxy_protocol,
+            Arc::clone(&gateway),
+        ));
     }
     if let Some(tcp) = admin {
         log_listening(&tcp, "admin");

@@ -16,13 +16,15 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Balance, Config, ServerAddr, UpstreamConfig, UpstreamTls};
+use crate::config::{Balance, Config, ProxyVersion, ServerAddr, UpstreamConfig, UpstreamTls};
 use crate::error::Reject;
 use crate::io::UpstreamStream;
 use crate::metrics::Metrics;
+use crate::proxy_protocol::{self, ProxiedAddrs};
 use crate::tls;
 
 /// First backoff after a failed connect; doubles per consecutive failure up to [`MAX_BACKOFF`].
@@ -45,6 +47,8 @@ pub struct Pool {
     balance: Balance,
     next: AtomicUsize,
     tls: Option<(Arc<rustls::ClientConfig>, UpstreamTls)>,
+    /// `send_proxy_protocol`: a PROXY header first on every upgrade connection.
+    send_proxy: Option<ProxyVersion>,
 }
 
 /// One server of a pool, with its health and load.
@@ -122,14 +126,16 @@ impl Upstreams {
         self.pools.get(name)
     }
 
-    /// Connects to a server of `pool` and sends `request` as an HTTP/1.1 upgrade.
+    /// Connects to a server of `pool` and sends `request` as an HTTP/1.1 upgrade. `client` is the
+    /// client connection's two ends, for the pool's `send_proxy_protocol` header.
     pub async fn upgrade(
         &self,
         pool: &Pool,
         request: Request<()>,
+        client: ProxiedAddrs,
         metrics: &Metrics,
     ) -> Result<Answer, Reject> {
-        let (stream, lease) = pool.connect(self.connect_timeout, metrics).await?;
+        let (stream, lease) = pool.connect(self.connect_timeout, client, metrics).await?;
         let io = TokioIo::new(stream);
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, Empty<Bytes>>(io)
@@ -193,6 +199,7 @@ impl Pool {
             balance: config.balance,
             next: AtomicUsize::new(0),
             tls,
+            send_proxy: config.send_proxy_protocol,
         })
     }
 
@@ -218,16 +225,18 @@ impl Pool {
         order
     }
 
-    /// Connects to the first server that answers, in `candidates` order.
+    /// Connects to the first server that answers, in `candidates` order. With
+    /// `send_proxy_protocol` the header naming `client` is part of the connect (within `timeout`).
     pub async fn connect(
         &self,
         timeout: Duration,
+        client: ProxiedAddrs,
         metrics: &Metrics,
     ) -> Result<(UpstreamStream, ServerLease), Reject> {
         let mut last = Reject::UpstreamUnreachable;
         for server in self.candidates() {
             let started = Instant::now();
-            match tokio::time::timeout(timeout, self.dial(&server)).await {
+            match tokio::time::timeout(timeout, self.dial(&server, client)).await {
                 Ok(Ok(stream)) => {
                     metrics.upstream_connected(started.elapsed());
                     server.mark_up();
@@ -248,9 +257,14 @@ impl Pool {
         Err(last)
     }
 
-    async fn dial(&self, server: &Server) -> std::io::Result<UpstreamStream> {
-        let tcp = TcpStream::connect((server.addr.host.as_str(), server.addr.port)).await?;
+    async fn dial(&self, server: &Server, client: ProxiedAddrs) -> std::io::Result<UpstreamStream> {
+        let mut tcp = TcpStream::connect((server.addr.host.as_str(), server.addr.port)).await?;
         tcp.set_nodelay(true)?;
+        if let Some(version) = self.send_proxy {
+            // Before TLS and before the request: the upstream reads it first (proxy-protocol.txt §2).
+            tcp.write_all(&proxy_protocol::encode(version, client)?)
+                .await?;
+        }
         match &self.tls {
             None => Ok(UpstreamStream::Tcp(tcp)),
             Some((client_config, settings)) => {

@@ -588,7 +588,10 @@ pub struct ConfigBuilder {
     versions: Option<Vec<u8>>,
     limits: Vec<(String, String)>,
     upstreams: Vec<(String, Vec<String>)>,
+    /// Extra `key = value` lines (value is TOML) per upstream name.
+    upstream_options: Vec<(String, String, String)>,
     routes: Vec<Route>,
+    proxy_protocol: bool,
 }
 
 impl Default for ConfigBuilder {
@@ -599,7 +602,9 @@ impl Default for ConfigBuilder {
             versions: None,
             limits: Vec::new(),
             upstreams: Vec::new(),
+            upstream_options: Vec::new(),
             routes: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -637,6 +642,19 @@ impl ConfigBuilder {
         self
     }
 
+    /// An extra line in `[upstreams.NAME]`; `value` is TOML (`"\"v2\""` for a string).
+    pub fn upstream_option(mut self, name: &str, key: &str, value: &str) -> ConfigBuilder {
+        self.upstream_options
+            .push((name.to_string(), key.to_string(), value.to_string()));
+        self
+    }
+
+    /// `proxy_protocol = true` on every listener: connections must start with a PROXY header.
+    pub fn proxy_protocol(mut self) -> ConfigBuilder {
+        self.proxy_protocol = true;
+        self
+    }
+
     /// Appends a route.
     pub fn route(mut self, route: Route) -> ConfigBuilder {
         self.routes.push(route);
@@ -647,7 +665,11 @@ impl ConfigBuilder {
     pub fn build(&self) -> String {
         let mut out = String::new();
         for _ in 0..self.listeners {
-            out.push_str("[[listener]]\nbind = \"127.0.0.1:0\"\n\n");
+            out.push_str("[[listener]]\nbind = \"127.0.0.1:0\"\n");
+            if self.proxy_protocol {
+                out.push_str("proxy_protocol = true\n");
+            }
+            out.push('\n');
         }
         if self.admin {
             out.push_str("[admin]\nbind = \"127.0.0.1:0\"\n\n");
@@ -669,9 +691,13 @@ impl ConfigBuilder {
         for (name, servers) in &self.upstreams {
             let list: Vec<String> = servers.iter().map(|s| q(s)).collect();
             out.push_str(&format!(
-                "[upstreams.{name}]\nservers = [{}]\n\n",
+                "[upstreams.{name}]\nservers = [{}]\n",
                 list.join(", ")
             ));
+            for (_, key, value) in self.upstream_options.iter().filter(|(n, ..)| n == name) {
+                out.push_str(&format!("{key} = {value}\n"));
+            }
+            out.push('\n');
         }
         for route in &self.routes {
             route.render(&mut out);
@@ -1269,6 +1295,11 @@ impl Client {
     /// Writes `bytes` in one write. Errors are returned, not fatal: a gateway may close early.
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await
+    }
+
+    /// This end's address (what the gateway sees as the client).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local_addr")
     }
 
     /// `shutdown(SHUT_WR)`.
