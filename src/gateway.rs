@@ -7,8 +7,11 @@
 //! through `Reject::response`.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,10 +21,11 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::Instrument;
 
 use crate::access::AccessRecord;
@@ -154,7 +158,9 @@ impl Conn {
             Ok(Outcome::Proxied(res)) => return Ok(res),
             Ok(Outcome::Handshake(res)) => res,
             Err((reject, body)) => {
-                if let Some(body) = body {
+                // h1 closes the connection after a failure, so an unread body is drained first;
+                // h2 just resets this stream after the answer (RFC 9113 §8.1), the rest lives on.
+                if let Some(body) = body.filter(|_| !self.is_h2()) {
                     drain_small_body(body).await;
                 }
                 reject
@@ -290,6 +296,14 @@ impl Conn {
             .await?
         {
             Answer::Switched { head, io, lease } => Ok(Ok((head, io, lease))),
+            // RFC 8441 §5 / RFC 9113 §8.5: a 2xx on an h2 CONNECT stream means "tunnel open",
+            // so relaying an upstream's non-101 2xx would tell the client its WebSocket is up.
+            Answer::Refused(response) if self.is_h2() && response.status().is_success() => {
+                Err(Reject::UpstreamBadHandshake(format!(
+                    "upstream answered {} instead of 101",
+                    response.status()
+                )))
+            }
             Answer::Refused(response) => {
                 let (mut head, body) = response.into_parts();
                 handshake::strip_hop_by_hop(&mut head.headers);
@@ -324,7 +338,8 @@ impl Conn {
             idle_timeout: self.runtime.config.limits.idle_timeout,
             counters: None,
         };
-        rec.status = if self.is_h2() { 200 } else { 101 };
+        let h2 = self.is_h2();
+        rec.status = if h2 { 200 } else { 101 };
         rec.handshake = rec.started.elapsed();
         let task = async move {
             let _held = (permit, tracked, active, lease);
@@ -335,15 +350,30 @@ impl Conn {
                     return;
                 }
             };
-            let outcome = tunnel::run(
-                TokioIo::new(client_io),
-                Bytes::new(),
-                TokioIo::new(upstream_io),
-                Bytes::new(),
-                &cfg,
-                gateway.shutdown.expired(),
-            )
-            .await;
+            let (upstream_io, expired) = (TokioIo::new(upstream_io), gateway.shutdown.expired());
+            let outcome = if h2 {
+                let client_io = H2ClientStream(TokioIo::new(client_io));
+                tunnel::run(
+                    client_io,
+                    Bytes::new(),
+                    upstream_io,
+                    Bytes::new(),
+                    &cfg,
+                    expired,
+                )
+                .await
+            } else {
+                let client_io = TokioIo::new(client_io);
+                tunnel::run(
+                    client_io,
+                    Bytes::new(),
+                    upstream_io,
+                    Bytes::new(),
+                    &cfg,
+                    expired,
+                )
+                .await
+            };
             gateway
                 .metrics
                 .tunnel_bytes(outcome.bytes_up, outcome.bytes_down);
@@ -395,6 +425,51 @@ impl Conn {
                 Response::from_parts(head, body.boxed())
             }
         }
+    }
+}
+
+/// The client side of an h2 tunnel: one stream. hyper reports the client resetting it
+/// (RST_STREAM, RFC 9113 §6.4) or losing its connection as `ErrorKind::Other`; for the tunnel
+/// that is the client going away, so it is passed on as `ConnectionReset` (`closed_by=client`).
+struct H2ClientStream(TokioIo<Upgraded>);
+
+fn stream_gone(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::Other {
+        io::Error::new(io::ErrorKind::ConnectionReset, e)
+    } else {
+        e
+    }
+}
+
+impl AsyncRead for H2ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0)
+            .poll_read(cx, buf)
+            .map_err(stream_gone)
+    }
+}
+
+impl AsyncWrite for H2ClientStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0)
+            .poll_write(cx, data)
+            .map_err(stream_gone)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx).map_err(stream_gone)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx).map_err(stream_gone)
     }
 }
 

@@ -1,22 +1,26 @@
 //! Accept loops: admission (connection limits), TLS, the first request head, then hyper for
 //! HTTP/1.1 or h2. Each connection runs in its own task inside a span naming the client.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use http::Response;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::access::AccessRecord;
 use crate::error::{Carrier, Reject};
-use crate::gateway::{Conn, Gateway};
+use crate::gateway::{Conn, Gateway, ProxyBody};
 use crate::head::{self, HeadError};
 use crate::io::Rewind;
 use crate::proxy_protocol::{self, ProxiedAddrs};
@@ -124,7 +128,10 @@ async fn serve_connection(
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let permit = match admitted {
         Ok(p) => p,
-        // h2 answers a refused connection as its first stream's answer; the h2 issue adds that path.
+        // SPEC §6: on h2 the refusal is the first stream's answer, then GOAWAY.
+        Err(reject) if h2 => {
+            return refuse_h2(stream, reject, gateway, client, handshake_timeout).await;
+        }
         Err(reject) => return answer_and_close(stream, &reject, &gateway, client).await,
     };
     let carrier = if h2 { Carrier::Http2 } else { Carrier::Http1 };
@@ -214,19 +221,49 @@ where
     }
 }
 
+/// Initial per-stream receive window (RFC 9113 §6.9.2): what one tunnel's client may send ahead
+/// of its upstream reading it. 256 KiB keeps a WebSocket stream fast on ordinary round-trip
+/// times while bounding what a stalled upstream leaves buffered in the gateway.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Initial connection receive window (RFC 9113 §6.9): a multiple of [`H2_STREAM_WINDOW`], so
+/// that up to 16 streams whose upstreams stopped reading cannot stall the other streams of the
+/// connection, and the most a connection can make the gateway buffer inbound (4 MiB).
+const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2): each stream can be a tunnel with its own
+/// upstream connection, so one client connection is bounded to this many.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// Most bytes queued per stream towards a client that is not reading (its window closed): the
+/// tunnel stops reading that stream's upstream once this is full, so a slow reader costs
+/// bounded memory and pushes back on its own upstream only.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
+
+/// The h2 server settings every TLS listener offers. No keep-alive PINGs: each tunnel has its
+/// own `idle_timeout`, and WebSocket endpoints ping end to end.
+fn h2_builder(max_header_bytes: usize) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        // RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1.
+        .enable_connect_protocol()
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_send_buf_size(H2_MAX_SEND_BUF)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
 /// h2 (ALPN `h2` on a TLS listener), with RFC 8441 extended CONNECT.
 async fn serve_h2<S>(io: S, conn: Arc<Conn>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let max_header_bytes = conn.runtime.config.limits.max_header_bytes;
+    let builder = h2_builder(conn.runtime.config.limits.max_header_bytes);
     let shutdown = conn.gateway.shutdown.clone();
     let service = service_fn(move |req| Arc::clone(&conn).handle(req));
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     tokio::select! {
@@ -235,6 +272,65 @@ where
             connection.as_mut().graceful_shutdown();
             log_connection_end(connection.await);
         }
+    }
+}
+
+/// Refuses an h2 connection over a connection limit (SPEC §6): the first stream gets `reject`'s
+/// answer, then the connection is shut down gracefully (GOAWAY, RFC 9113 §6.8). The whole
+/// exchange is bounded by `deadline` (a client that sends no request is dropped after it).
+async fn refuse_h2<S>(
+    io: S,
+    reject: Reject,
+    gateway: Arc<Gateway>,
+    client: SocketAddr,
+    deadline: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max_header_bytes = gateway.runtime().config.limits.max_header_bytes;
+    let answered = Arc::new(Notify::new());
+    let signal = Arc::clone(&answered);
+    let service = service_fn(move |_req| {
+        let response = reject.response(Carrier::Http2);
+        let status = response.status().as_u16();
+        gateway.metrics.handshake(crate::metrics::NO_ROUTE, status);
+        AccessRecord::new(client, "HTTP/2").log_handshake(status);
+        // Dropped with the body, i.e. once the whole answer has been handed to h2.
+        let sent = AnswerSent(Arc::clone(&signal));
+        let response: Response<ProxyBody> = response.map(move |body| {
+            Full::new(body)
+                .map_frame(move |frame| {
+                    let _sent = &sent;
+                    frame
+                })
+                .map_err(|e| match e {})
+                .boxed()
+        });
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let mut builder = h2_builder(max_header_bytes);
+    builder.max_concurrent_streams(1);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let refuse = async {
+        tokio::select! {
+            result = connection.as_mut() => return log_connection_end(result),
+            () = answered.notified() => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        log_connection_end(connection.await);
+    };
+    if tokio::time::timeout(deadline, refuse).await.is_err() {
+        tracing::debug!("refused h2 connection not answered and closed in time");
+    }
+}
+
+/// Wakes [`refuse_h2`] when dropped together with the answer's body.
+struct AnswerSent(Arc<Notify>);
+
+impl Drop for AnswerSent {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }
 

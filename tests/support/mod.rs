@@ -8,6 +8,8 @@
 // Each test file uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod h2_client;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -501,6 +503,7 @@ pub struct Route {
     origins: Option<Vec<String>>,
     select_server: bool,
     fallback: Option<String>,
+    http: Option<String>,
     subprotocols: Vec<(String, String)>,
 }
 
@@ -513,6 +516,7 @@ impl Route {
             origins: None,
             select_server: false,
             fallback: None,
+            http: None,
             subprotocols: Vec::new(),
         }
     }
@@ -533,6 +537,12 @@ impl Route {
     /// The upstream for requests offering no mapped subprotocol.
     pub fn fallback(mut self, upstream: &str) -> Route {
         self.fallback = Some(upstream.to_string());
+        self
+    }
+
+    /// The upstream for ordinary (non-upgrade) requests on this route.
+    pub fn http(mut self, upstream: &str) -> Route {
+        self.http = Some(upstream.to_string());
         self
     }
 
@@ -569,6 +579,9 @@ impl Route {
         if let Some(fb) = &self.fallback {
             out.push_str(&format!("fallback = {}\n", q(fb)));
         }
+        if let Some(web) = &self.http {
+            out.push_str(&format!("http = {}\n", q(web)));
+        }
         for (name, upstream) in &self.subprotocols {
             out.push_str(&format!(
                 "[[route.subprotocol]]\nname = {}\nupstream = {}\n",
@@ -584,6 +597,7 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct ConfigBuilder {
     listeners: usize,
+    tls_h2: bool,
     admin: bool,
     versions: Option<Vec<u8>>,
     limits: Vec<(String, String)>,
@@ -598,6 +612,7 @@ impl Default for ConfigBuilder {
     fn default() -> Self {
         ConfigBuilder {
             listeners: 1,
+            tls_h2: false,
             admin: false,
             versions: None,
             limits: Vec::new(),
@@ -618,6 +633,13 @@ impl ConfigBuilder {
     /// Adds an `[admin]` listener on 127.0.0.1:0.
     pub fn admin(mut self) -> ConfigBuilder {
         self.admin = true;
+        self
+    }
+
+    /// Makes every listener a TLS listener with `http2 = true`, serving the committed dev
+    /// certificate `certs/server.pem` (localhost, 127.0.0.1, ::1; trust `certs/ca.pem`).
+    pub fn tls_h2(mut self) -> ConfigBuilder {
+        self.tls_h2 = true;
         self
     }
 
@@ -668,6 +690,15 @@ impl ConfigBuilder {
             out.push_str("[[listener]]\nbind = \"127.0.0.1:0\"\n");
             if self.proxy_protocol {
                 out.push_str("proxy_protocol = true\n");
+            }
+            if self.tls_h2 {
+                let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+                let path = |name: &str| q(&certs.join(name).to_string_lossy());
+                out.push_str(&format!(
+                    "http2 = true\ntls = {{ cert = {}, key = {} }}\n",
+                    path("server.pem"),
+                    path("server-key.pem")
+                ));
             }
             out.push('\n');
         }
@@ -858,6 +889,24 @@ impl ConnLog {
     /// Whether the gateway closed (or reset) its side.
     pub fn eof(&self) -> bool {
         lock(&self.record).eof
+    }
+
+    /// Waits up to `within` until at least `n` bytes arrived after the request head; returns
+    /// whether they did.
+    pub async fn wait_after_head(&self, n: usize, within: Duration) -> bool {
+        let wait = async {
+            loop {
+                let woken = self.changed.notified();
+                {
+                    let rec = lock(&self.record);
+                    if rec.head_len.is_some_and(|h| rec.received.len() - h >= n) {
+                        return;
+                    }
+                }
+                woken.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
     }
 
     /// Waits up to `within` for EOF from the gateway; returns whether it came.
