@@ -1,12 +1,13 @@
 //! `switchyard run`: bind everything, serve, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, ListenerConfig};
 use crate::gateway::{Gateway, Runtime};
 use crate::listener::{self, BindError};
 use crate::tls::ServerTls;
@@ -52,13 +53,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         None => None,
     };
     let drain_timeout = config.limits.drain_timeout;
+    let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
     let gateway = Gateway::new(Runtime::new(config)?);
 
     let mut server_tls = Vec::new();
-    for (tcp, tls, proxy_protocol) in bound {
+    for ((tcp, tls, proxy_protocol), bind) in bound.into_iter().zip(binds) {
         log_listening(&tcp, "listener");
         let acceptor: Option<TlsAcceptor> = tls.as_ref().map(ServerTls::acceptor);
-        server_tls.push(tls);
+        server_tls.push((bind, tls));
         tokio::spawn(listener::accept_loop(
             tcp,
             acceptor,
@@ -101,7 +103,7 @@ fn log_listening(tcp: &tokio::net::TcpListener, kind: &'static str) {
 
 /// SIGHUP: re-read the config file and certificates. Anything invalid is logged and the running
 /// configuration stays in force. Listen addresses are fixed at start in this version.
-fn reload(source: &Path, gateway: &Gateway, server_tls: &[Option<ServerTls>]) {
+fn reload(source: &Path, gateway: &Gateway, server_tls: &[(SocketAddr, Option<ServerTls>)]) {
     let config = match config::load(source) {
         Ok(c) => c,
         Err(errors) => {
@@ -109,18 +111,88 @@ fn reload(source: &Path, gateway: &Gateway, server_tls: &[Option<ServerTls>]) {
             return;
         }
     };
-    for (tls, l) in server_tls.iter().zip(&config.listeners) {
-        if let (Some(tls), Some(settings)) = (tls, &l.tls)
+    // Certificates are swapped only once the whole new config is known to be usable, so a
+    // rejected reload leaves listeners and routing consistent with each other.
+    let listeners = config.listeners.clone();
+    let runtime = match Runtime::new(config) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed: keeping the running configuration");
+            return;
+        }
+    };
+    for (running, l) in pair_by_bind(server_tls, &listeners) {
+        if let (Some(tls), Some(settings)) = (running, &l.tls)
             && let Err(e) = tls.reload(settings)
         {
             tracing::error!(listener = %l.bind, error = %e, "certificate reload failed: keeping the old certificates");
         }
     }
-    match Runtime::new(config) {
-        Ok(runtime) => {
-            gateway.replace_runtime(runtime);
-            tracing::info!(config = %source.display(), "configuration reloaded");
+    gateway.replace_runtime(runtime);
+    tracing::info!(config = %source.display(), "configuration reloaded");
+}
+
+/// Pairs each listener of a reloaded config with the running listener of the same configured
+/// `bind`, so that reordering `[[listener]]` entries cannot hand one listener another's
+/// certificates. Port 0 may repeat (each bind gets a fresh port), so the k-th entry with an
+/// address pairs with the k-th running listener with it. New addresses pair with nothing.
+fn pair_by_bind<'a, T>(
+    running: &'a [(SocketAddr, T)],
+    listeners: &'a [ListenerConfig],
+) -> Vec<(&'a T, &'a ListenerConfig)> {
+    let mut taken = vec![false; running.len()];
+    let mut pairs = Vec::new();
+    for l in listeners {
+        let found = running
+            .iter()
+            .zip(taken.iter_mut())
+            .find(|((bind, _), taken)| *bind == l.bind && !**taken);
+        if let Some(((_, value), taken)) = found {
+            *taken = true;
+            pairs.push((value, l));
         }
-        Err(e) => tracing::error!(error = %e, "reload failed: keeping the running configuration"),
+    }
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(bind: &str) -> ListenerConfig {
+        ListenerConfig {
+            bind: bind.parse().expect("addr"),
+            http2: false,
+            proxy_protocol: false,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn reloaded_listeners_pair_by_bind_not_position() {
+        let a: SocketAddr = "127.0.0.1:8443".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:9443".parse().expect("addr");
+        let zero: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let running = [(a, "a"), (zero, "z1"), (b, "b"), (zero, "z2")];
+        let reloaded = [
+            listener("127.0.0.1:0"),
+            listener("127.0.0.1:9443"),
+            listener("127.0.0.1:7443"),
+            listener("127.0.0.1:8443"),
+            listener("127.0.0.1:0"),
+            listener("127.0.0.1:0"),
+        ];
+        let got: Vec<(&str, String)> = pair_by_bind(&running, &reloaded)
+            .into_iter()
+            .map(|(v, l)| (*v, l.bind.to_string()))
+            .collect();
+        let want = [
+            ("z1", "127.0.0.1:0"),
+            ("b", "127.0.0.1:9443"),
+            ("a", "127.0.0.1:8443"),
+            ("z2", "127.0.0.1:0"),
+        ];
+        let want: Vec<(&str, String)> = want.iter().map(|(v, b)| (*v, b.to_string())).collect();
+        assert_eq!(got, want);
     }
 }

@@ -399,6 +399,24 @@ impl Gateway {
         &self.config_path
     }
 
+    /// Sends `SIGHUP` (reload, SPEC §7) with the system `kill`: the crate forbids `unsafe`, so
+    /// no `libc::kill`. Readiness afterwards comes from the gateway's own reload log events.
+    pub async fn sighup(&self) {
+        let pid = self
+            .child
+            .id()
+            .expect("the gateway exited before SIGHUP")
+            .to_string();
+        let status = tokio::time::timeout(
+            IO_TIMEOUT,
+            Command::new("kill").args(["-HUP", &pid]).status(),
+        )
+        .await
+        .expect("`kill -HUP` timed out")
+        .expect("cannot run `kill`");
+        assert!(status.success(), "`kill -HUP {pid}` failed: {status}");
+    }
+
     /// Every JSON log event so far.
     pub fn logs(&self) -> Vec<Value> {
         lock(&self.book.events).clone()
@@ -597,13 +615,16 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct ConfigBuilder {
     listeners: usize,
-    tls_h2: bool,
     admin: bool,
     versions: Option<Vec<u8>>,
     limits: Vec<(String, String)>,
     upstreams: Vec<(String, Vec<String>)>,
     /// Extra `key = value` lines (value is TOML) per upstream name.
     upstream_options: Vec<(String, String, String)>,
+    /// `tls = true` settings by upstream name.
+    upstream_tls: Vec<(String, UpstreamTlsOpts)>,
+    /// TLS for the first listener.
+    tls: Option<ListenerTls>,
     routes: Vec<Route>,
     proxy_protocol: bool,
 }
@@ -612,12 +633,13 @@ impl Default for ConfigBuilder {
     fn default() -> Self {
         ConfigBuilder {
             listeners: 1,
-            tls_h2: false,
             admin: false,
             versions: None,
             limits: Vec::new(),
             upstreams: Vec::new(),
             upstream_options: Vec::new(),
+            upstream_tls: Vec::new(),
+            tls: None,
             routes: Vec::new(),
             proxy_protocol: false,
         }
@@ -636,11 +658,11 @@ impl ConfigBuilder {
         self
     }
 
-    /// Makes every listener a TLS listener with `http2 = true`, serving the committed dev
+    /// Makes the first listener a TLS listener with `http2 = true`, serving the committed dev
     /// certificate `certs/server.pem` (localhost, 127.0.0.1, ::1; trust `certs/ca.pem`).
-    pub fn tls_h2(mut self) -> ConfigBuilder {
-        self.tls_h2 = true;
-        self
+    pub fn tls_h2(self) -> ConfigBuilder {
+        let dev = ListenerTls::new(&dev_cert("server.pem"), &dev_cert("server-key.pem"));
+        self.tls(dev.http2(true))
     }
 
     /// `[websocket] versions`.
@@ -683,22 +705,40 @@ impl ConfigBuilder {
         self
     }
 
+    /// Makes the first listener a TLS listener with these files.
+    pub fn tls(mut self, tls: ListenerTls) -> ConfigBuilder {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// `tls = true` for upstream `name` (added with [`ConfigBuilder::upstream`]), verifying
+    /// against `ca` (else the public roots) under `server_name` (else the server's host).
+    pub fn upstream_tls(
+        mut self,
+        name: &str,
+        ca: Option<&Path>,
+        server_name: Option<&str>,
+    ) -> ConfigBuilder {
+        self.upstream_tls.push((
+            name.to_string(),
+            UpstreamTlsOpts {
+                ca: ca.map(Path::to_path_buf),
+                server_name: server_name.map(str::to_string),
+            },
+        ));
+        self
+    }
+
     /// The TOML text.
     pub fn build(&self) -> String {
         let mut out = String::new();
-        for _ in 0..self.listeners {
+        for i in 0..self.listeners {
             out.push_str("[[listener]]\nbind = \"127.0.0.1:0\"\n");
             if self.proxy_protocol {
                 out.push_str("proxy_protocol = true\n");
             }
-            if self.tls_h2 {
-                let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
-                let path = |name: &str| q(&certs.join(name).to_string_lossy());
-                out.push_str(&format!(
-                    "http2 = true\ntls = {{ cert = {}, key = {} }}\n",
-                    path("server.pem"),
-                    path("server-key.pem")
-                ));
+            if let (0, Some(tls)) = (i, &self.tls) {
+                tls.render(&mut out);
             }
             out.push('\n');
         }
@@ -727,6 +767,9 @@ impl ConfigBuilder {
             ));
             for (_, key, value) in self.upstream_options.iter().filter(|(n, ..)| n == name) {
                 out.push_str(&format!("{key} = {value}\n"));
+            }
+            if let Some((_, tls)) = self.upstream_tls.iter().find(|(n, _)| n == name) {
+                tls.render(&mut out);
             }
             out.push('\n');
         }
@@ -777,6 +820,32 @@ impl WsUpstream {
         WsUpstream { addr, state, task }
     }
 
+    /// Listens on 127.0.0.1:0 and speaks TLS with `config` (e.g. [`tls_server_config`]) before
+    /// the WebSocket handshake: an upstream for `tls = true`. A failed TLS handshake is dropped
+    /// and records no request.
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> WsUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind tls ws upstream");
+        let addr = listener.local_addr().expect("local_addr");
+        let state = Arc::new(WsState::default());
+        let st = state.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                st.accepted.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, st) = (acceptor.clone(), st.clone());
+                tokio::spawn(async move {
+                    let accepted = tokio::time::timeout(IO_TIMEOUT, acceptor.accept(stream)).await;
+                    if let Ok(Ok(tls)) = accepted {
+                        ws_echo(tls, st).await;
+                    }
+                });
+            }
+        });
+        WsUpstream { addr, state, task }
+    }
+
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -799,7 +868,10 @@ impl Drop for WsUpstream {
     }
 }
 
-async fn ws_echo(stream: TcpStream, state: Arc<WsState>) {
+async fn ws_echo<S>(stream: S, state: Arc<WsState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     // The error type is tungstenite's `Callback` signature, not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -1607,4 +1679,345 @@ pub async fn ws_connect(
 /// Random write sizes for stream tests: 1..=64 KiB.
 pub fn chunk_len(rng: &mut impl Rng, left: usize) -> usize {
     rng.gen_range(1..=65536).min(left)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: config pieces, certificates, clients and the upstream side
+
+/// A file of the committed development certificates (`certs/`, see its README).
+pub fn dev_cert(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("certs")
+        .join(file)
+}
+
+/// A TLS listener's files for a test config, rendered as SPEC §2's `[listener.tls]` sub-table.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    /// (names, cert, key) per `sni` entry.
+    sni: Vec<(Vec<String>, PathBuf, PathBuf)>,
+    http2: Option<bool>,
+}
+
+impl ListenerTls {
+    /// A default certificate and key; no SNI entries; `http2` left to its default.
+    pub fn new(cert: &Path, key: &Path) -> ListenerTls {
+        ListenerTls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            sni: Vec::new(),
+            http2: None,
+        }
+    }
+
+    /// `certs/server.pem` (localhost, 127.0.0.1, ::1) as the default and `certs/chat.pem` for
+    /// `chat.example.com`, as in SPEC §2's example.
+    pub fn dev() -> ListenerTls {
+        ListenerTls::new(&dev_cert("server.pem"), &dev_cert("server-key.pem")).sni(
+            &["chat.example.com"],
+            &dev_cert("chat.pem"),
+            &dev_cert("chat-key.pem"),
+        )
+    }
+
+    /// Adds an `sni` entry.
+    pub fn sni(mut self, names: &[&str], cert: &Path, key: &Path) -> ListenerTls {
+        self.sni.push((
+            names.iter().map(|n| n.to_string()).collect(),
+            cert.to_path_buf(),
+            key.to_path_buf(),
+        ));
+        self
+    }
+
+    /// The listener's `http2` key.
+    pub fn http2(mut self, on: bool) -> ListenerTls {
+        self.http2 = Some(on);
+        self
+    }
+
+    /// Lines for the `[[listener]]` just opened.
+    fn render(&self, out: &mut String) {
+        let path = |p: &Path| q(&p.to_string_lossy());
+        if let Some(on) = self.http2 {
+            out.push_str(&format!("http2 = {on}\n"));
+        }
+        out.push_str(&format!(
+            "[listener.tls]\ncert = {}\nkey = {}\n",
+            path(&self.cert),
+            path(&self.key)
+        ));
+        if !self.sni.is_empty() {
+            let entries: Vec<String> = self
+                .sni
+                .iter()
+                .map(|(names, cert, key)| {
+                    let names: Vec<String> = names.iter().map(|n| q(n)).collect();
+                    format!(
+                        "{{ names = [{}], cert = {}, key = {} }}",
+                        names.join(", "),
+                        path(cert),
+                        path(key)
+                    )
+                })
+                .collect();
+            out.push_str(&format!("sni = [{}]\n", entries.join(", ")));
+        }
+    }
+}
+
+/// An upstream's `tls = true` settings in a test config.
+#[derive(Debug, Clone)]
+struct UpstreamTlsOpts {
+    ca: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+impl UpstreamTlsOpts {
+    /// Lines for the `[upstreams.NAME]` just opened.
+    fn render(&self, out: &mut String) {
+        out.push_str("tls = true\n");
+        if let Some(ca) = &self.ca {
+            out.push_str(&format!("ca = {}\n", q(&ca.to_string_lossy())));
+        }
+        if let Some(name) = &self.server_name {
+            out.push_str(&format!("server_name = {}\n", q(name)));
+        }
+    }
+}
+
+/// The first (leaf) certificate of a PEM file, as DER, to compare with what a peer served.
+pub fn pem_leaf(path: &Path) -> Vec<u8> {
+    switchyard::tls::load_certs(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .swap_remove(0)
+        .to_vec()
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls server config for a test upstream serving `cert`/`key` with ALPN `http/1.1`, built by
+/// the gateway's own loader (TLS 1.2 and 1.3).
+pub fn tls_server_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
+    let tls = switchyard::config::TlsConfig {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        sni: Vec::new(),
+    };
+    switchyard::tls::ServerTls::new(&tls, false)
+        .unwrap_or_else(|e| panic!("test upstream certificate: {e}"))
+        .server_config()
+}
+
+/// A real rustls client trusting only `ca`, limited to `versions`, offering `alpn`.
+pub fn tls_client_config(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&str],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in switchyard::tls::load_certs(ca).unwrap_or_else(|e| panic!("{e}")) {
+        roots.add(cert).expect("CA certificate usable as a root");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(ring())
+        .with_protocol_versions(versions)
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A client trusting the dev CA (`certs/ca.pem`), TLS 1.2 and 1.3, ALPN `http/1.1`.
+pub fn dev_client_config() -> Arc<rustls::ClientConfig> {
+    tls_client_config(
+        &dev_cert("ca.pem"),
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        &["http/1.1"],
+    )
+}
+
+/// Accepts any server certificate (handshake signatures are still checked), so that a test can
+/// look at the certificate served for a name it does not cover (unknown SNI).
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client that accepts any certificate (see [`AnyCert`]); ALPN `http/1.1`.
+pub fn any_cert_client_config() -> Arc<rustls::ClientConfig> {
+    let mut config = rustls::ClientConfig::builder_with_provider(ring())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(ring())))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A TLS stream to the gateway.
+pub type TlsClient = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS handshake with `addr` for `name`: a DNS name is sent as SNI; an IP literal is verified
+/// against the certificate's IP SANs and sends no SNI (RFC 6066 §3), the "no SNI" case.
+pub async fn tls_try_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> std::io::Result<TlsClient> {
+    let name = rustls::pki_types::ServerName::try_from(name.to_string())
+        .unwrap_or_else(|e| panic!("{name:?} as a TLS server name: {e}"));
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+    };
+    tokio::time::timeout(IO_TIMEOUT, connect)
+        .await
+        .unwrap_or_else(|_| panic!("TLS handshake with {addr} timed out"))
+}
+
+/// [`tls_try_connect`] that must succeed.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> TlsClient {
+    tls_try_connect(addr, config, name)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake with {addr} as {name:?}: {e}"))
+}
+
+/// The leaf certificate the server presented, as DER.
+pub fn peer_leaf(tls: &TlsClient) -> Vec<u8> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .expect("server presented a certificate")
+        .to_vec()
+}
+
+/// A tokio-tungstenite client handshake over an established TLS stream (`wss://`), offering
+/// `protocol`; `Host` is `host`.
+pub async fn wss_handshake(
+    tls: TlsClient,
+    host: &str,
+    path: &str,
+    protocol: Option<&str>,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<TlsClient>,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    Box<tokio_tungstenite::tungstenite::Error>,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("wss://{host}{path}")
+        .into_client_request()
+        .expect("wss request");
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("sec-websocket-protocol", p.parse().expect("header value"));
+    }
+    match tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(req, tls)).await {
+        Ok(done) => done.map_err(Box::new),
+        Err(_) => panic!("wss handshake via the gateway timed out"),
+    }
+}
+
+/// Connects with the dev CA as `name` and completes a `wss` handshake that must succeed.
+pub async fn wss_connect(
+    addr: SocketAddr,
+    name: &str,
+    path: &str,
+    protocol: Option<&str>,
+) -> (
+    tokio_tungstenite::WebSocketStream<TlsClient>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    let tls = tls_connect(addr, dev_client_config(), name).await;
+    wss_handshake(tls, name, path, protocol)
+        .await
+        .unwrap_or_else(|e| panic!("wss handshake via the gateway failed: {e}"))
+}
+
+/// Reads a response head from any stream; returns it with the bytes read past it.
+pub async fn read_head_from<S>(s: &mut S) -> (ResponseHead, Vec<u8>)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            let head = parse_response_head(&buf)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&buf)));
+            return (head, rest);
+        }
+        let n = match tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => panic!("reading a response head: {e}"),
+            Err(_) => panic!(
+                "no complete response head within {IO_TIMEOUT:?}; got {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        };
+        assert!(
+            n > 0,
+            "connection closed before a complete response head; got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
