@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
@@ -9,8 +10,12 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{self, Config};
 use crate::gateway::{Gateway, Runtime};
 use crate::listener::{self, BindError};
+use crate::metrics::Metrics;
 use crate::tls::ServerTls;
-use crate::{admin, upstream};
+use crate::{admin, health, upstream};
+
+/// How long the start-up (and reload) check that upstream names resolve may wait per name.
+const NAME_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the gateway could not start or keep running (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +57,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         None => None,
     };
     let drain_timeout = config.limits.drain_timeout;
-    let gateway = Gateway::new(Runtime::new(config)?);
+    tokio::spawn(health::warn_unresolved(config.clone(), NAME_CHECK_TIMEOUT));
+    let metrics = Metrics::default();
+    let gateway = Gateway::new(Runtime::new(config, &metrics)?, metrics);
 
     let mut server_tls = Vec::new();
     for (tcp, tls) in bound {
@@ -111,7 +118,8 @@ fn reload(source: &Path, gateway: &Gateway, server_tls: &[Option<ServerTls>]) {
             tracing::error!(listener = %l.bind, error = %e, "certificate reload failed: keeping the old certificates");
         }
     }
-    match Runtime::new(config) {
+    tokio::spawn(health::warn_unresolved(config.clone(), NAME_CHECK_TIMEOUT));
+    match Runtime::new(config, &gateway.metrics) {
         Ok(runtime) => {
             gateway.replace_runtime(runtime);
             tracing::info!(config = %source.display(), "configuration reloaded");
