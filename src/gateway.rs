@@ -22,9 +22,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::Instrument;
 
@@ -53,11 +51,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the routing table and upstream pools of `config`.
-    pub fn new(config: Config) -> Result<Self, upstream::PoolError> {
+    /// Builds the routing table and upstream pools of `config`; the pools' per-server series
+    /// live in `metrics` (the process-wide registry, so they survive reloads).
+    pub fn new(config: Config, metrics: &Metrics) -> Result<Self, upstream::PoolError> {
         Ok(Runtime {
             routes: RouteTable::new(&config.routes),
-            upstreams: Upstreams::new(&config)?,
+            upstreams: Upstreams::new(&config, metrics)?,
             config,
         })
     }
@@ -70,21 +69,19 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub limiter: Arc<ConnLimiter>,
     pub shutdown: Shutdown,
-    http_client: Client<HttpConnector, Incoming>,
 }
 
 impl Gateway {
-    /// A gateway running `runtime`.
-    pub fn new(runtime: Runtime) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(runtime.config.limits.upstream_connect_timeout));
+    /// A gateway running `runtime` (built with `metrics`); starts its health checks, so it must
+    /// be called inside the tokio runtime.
+    pub fn new(runtime: Runtime, metrics: Metrics) -> Arc<Self> {
+        let shutdown = Shutdown::default();
+        runtime.upstreams.start_health_checks(&shutdown);
         Arc::new(Gateway {
             runtime: RwLock::new(Arc::new(runtime)),
-            metrics: Metrics::default(),
+            metrics,
             limiter: Arc::default(),
-            shutdown: Shutdown::default(),
-            http_client: Client::builder(TokioExecutor::new()).build(connector),
+            shutdown,
         })
     }
 
@@ -94,8 +91,21 @@ impl Gateway {
     }
 
     /// Makes `runtime` the generation for new connections; open connections and tunnels keep theirs.
+    /// Health checks move to the new generation (the old one's stop), and the series of servers
+    /// the new configuration no longer lists are dropped from `/metrics`.
     pub fn replace_runtime(&self, runtime: Runtime) {
-        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+        runtime.upstreams.start_health_checks(&self.shutdown);
+        let kept = runtime.upstreams.server_labels();
+        let old = std::mem::replace(
+            &mut *self.runtime.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(runtime),
+        );
+        old.upstreams.stop_health_checks();
+        for (upstream, server) in old.upstreams.server_labels() {
+            if !kept.contains(&(upstream.clone(), server.clone())) {
+                self.metrics.forget_upstream_server(&upstream, &server);
+            }
+        }
     }
 }
 
@@ -292,7 +302,7 @@ impl Conn {
         match self
             .runtime
             .upstreams
-            .upgrade(pool, request, self.addrs(), &self.gateway.metrics)
+            .upgrade(pool, request, self.addrs())
             .await?
         {
             Answer::Switched { head, io, lease } => Ok(Ok((head, io, lease))),
@@ -383,7 +393,8 @@ impl Conn {
         tokio::spawn(task.in_current_span());
     }
 
-    /// Reverse-proxies an ordinary request to the `http` upstream `name`.
+    /// Reverse-proxies an ordinary request to the `http` upstream `name`: the pool picks the
+    /// server (with failover), the keep-alive client reuses connections, both bodies stream.
     async fn proxy_plain(
         &self,
         parts: &Parts,
@@ -395,12 +406,10 @@ impl Conn {
             r.response(self.carrier)
                 .map(|b| Full::new(b).map_err(|e| match e {}).boxed())
         };
-        let Some(pool) = self.runtime.upstreams.get(name) else {
-            return failure(Reject::UpstreamUnreachable);
-        };
-        let server = upstream::format_addr(&pool.pick());
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let Ok(uri) = format!("http://{server}{path}").parse::<Uri>() else {
+        // The authority only keys the client's connection pool; the pool's connector picks the
+        // server and the upstream sees the origin form (RFC 9112 §3.2.1).
+        let Ok(uri) = format!("http://{}{path}", upstream::HTTP_AUTHORITY).parse::<Uri>() else {
             return failure(Reject::MalformedHead);
         };
         let mut request = Request::new(body);
@@ -412,14 +421,9 @@ impl Conn {
         {
             request.headers_mut().insert(HOST, host);
         }
-        let timeout = self.runtime.config.limits.upstream_handshake_timeout;
-        match tokio::time::timeout(timeout, self.gateway.http_client.request(request)).await {
-            Err(_) => failure(Reject::UpstreamTimeout),
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = name, server = %server, error = %e, "http upstream failed");
-                failure(Reject::UpstreamUnreachable)
-            }
-            Ok(Ok(response)) => {
+        match self.runtime.upstreams.forward(name, request).await {
+            Err(reject) => failure(reject),
+            Ok(response) => {
                 let (mut head, body) = response.into_parts();
                 handshake::strip_hop_by_hop(&mut head.headers);
                 Response::from_parts(head, body.boxed())

@@ -27,6 +27,13 @@ struct DirectionLabels {
     direction: &'static str,
 }
 
+/// One server of one upstream: `server` is its `host:port` as written in the config.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    upstream: String,
+    server: String,
+}
+
 /// Every metric the gateway exports, registered once at start-up and shared by all connections.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,6 +43,9 @@ pub struct Metrics {
     tunnel_bytes: Family<DirectionLabels, Counter>,
     upstream_connect: Histogram,
     tunnel_duration: Histogram,
+    server_up: Family<ServerLabels, Gauge>,
+    server_active_tunnels: Family<ServerLabels, Gauge>,
+    server_connect_failures: Family<ServerLabels, Counter>,
 }
 
 /// Label value for a request that matched no route.
@@ -76,6 +86,24 @@ impl Default for Metrics {
             "Lifetime of closed tunnels",
             tunnel_duration.clone(),
         );
+        let server_up = Family::<ServerLabels, Gauge>::default();
+        let server_active_tunnels = Family::<ServerLabels, Gauge>::default();
+        let server_connect_failures = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "switchyard_upstream_server_up",
+            "1 while an upstream server is in rotation, 0 after a failed connect or health check",
+            server_up.clone(),
+        );
+        registry.register(
+            "switchyard_upstream_server_active_tunnels",
+            "Open tunnels per upstream server",
+            server_active_tunnels.clone(),
+        );
+        registry.register(
+            "switchyard_upstream_connect_failures",
+            "Failed or timed-out connects to an upstream server (traffic, not health checks)",
+            server_connect_failures.clone(),
+        );
         Metrics {
             registry,
             handshakes,
@@ -83,6 +111,9 @@ impl Default for Metrics {
             tunnel_bytes,
             upstream_connect,
             tunnel_duration,
+            server_up,
+            server_active_tunnels,
+            server_connect_failures,
         }
     }
 }
@@ -135,6 +166,42 @@ impl Metrics {
         self.upstream_connect.observe(elapsed.as_secs_f64());
     }
 
+    /// The connect-time histogram, for the upstream pools that observe it.
+    pub fn upstream_connect_histogram(&self) -> Histogram {
+        self.upstream_connect.clone()
+    }
+
+    /// The per-server series of `server` in `upstream`, marked up: a pool built from a (re)loaded
+    /// configuration starts with every server in rotation. A server kept across a reload gets the
+    /// same series back, so its tunnel and failure counts carry on.
+    pub fn upstream_server(&self, upstream: &str, server: &str) -> ServerMetrics {
+        let labels = ServerLabels {
+            upstream: upstream.to_owned(),
+            server: server.to_owned(),
+        };
+        let up = self.server_up.get_or_create(&labels).clone();
+        let active_tunnels = self.server_active_tunnels.get_or_create(&labels).clone();
+        let connect_failures = self.server_connect_failures.get_or_create(&labels).clone();
+        up.set(1);
+        ServerMetrics {
+            up,
+            active_tunnels,
+            connect_failures,
+        }
+    }
+
+    /// Drops the series of a server that a reload removed, so `/metrics` lists only configured
+    /// servers. Tunnels still open on it keep counting on their detached handles.
+    pub fn forget_upstream_server(&self, upstream: &str, server: &str) {
+        let labels = ServerLabels {
+            upstream: upstream.to_owned(),
+            server: server.to_owned(),
+        };
+        self.server_up.remove(&labels);
+        self.server_active_tunnels.remove(&labels);
+        self.server_connect_failures.remove(&labels);
+    }
+
     /// The Prometheus text exposition of everything above.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -153,6 +220,37 @@ pub struct ActiveTunnel {
 impl Drop for ActiveTunnel {
     fn drop(&mut self) {
         self.gauge.dec();
+    }
+}
+
+/// Handles on one upstream server's series, held by the server itself so that the hot path
+/// does no label lookup.
+#[derive(Debug, Clone, Default)]
+pub struct ServerMetrics {
+    up: Gauge,
+    active_tunnels: Gauge,
+    connect_failures: Counter,
+}
+
+impl ServerMetrics {
+    /// Whether the server is in rotation.
+    pub fn set_up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+
+    /// A tunnel to this server opened.
+    pub fn tunnel_opened(&self) {
+        self.active_tunnels.inc();
+    }
+
+    /// A tunnel to this server closed.
+    pub fn tunnel_closed(&self) {
+        self.active_tunnels.dec();
+    }
+
+    /// A connect to this server failed or timed out.
+    pub fn connect_failed(&self) {
+        self.connect_failures.inc();
     }
 }
 

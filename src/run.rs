@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
@@ -10,8 +11,12 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{self, Config, ListenerConfig};
 use crate::gateway::{Gateway, Runtime};
 use crate::listener::{self, BindError};
+use crate::metrics::Metrics;
 use crate::tls::ServerTls;
-use crate::{admin, upstream};
+use crate::{admin, health, upstream};
+
+/// How long the start-up (and reload) check that upstream names resolve may wait per name.
+const NAME_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the gateway could not start or keep running (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +59,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let drain_timeout = config.limits.drain_timeout;
     let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
-    let gateway = Gateway::new(Runtime::new(config)?);
+    tokio::spawn(health::warn_unresolved(config.clone(), NAME_CHECK_TIMEOUT));
+    let metrics = Metrics::default();
+    let gateway = Gateway::new(Runtime::new(config, &metrics)?, metrics);
 
     let mut server_tls = Vec::new();
     for ((tcp, tls, proxy_protocol), bind) in bound.into_iter().zip(binds) {
@@ -114,7 +121,8 @@ fn reload(source: &Path, gateway: &Gateway, server_tls: &[(SocketAddr, Option<Se
     // Certificates are swapped only once the whole new config is known to be usable, so a
     // rejected reload leaves listeners and routing consistent with each other.
     let listeners = config.listeners.clone();
-    let runtime = match Runtime::new(config) {
+    tokio::spawn(health::warn_unresolved(config.clone(), NAME_CHECK_TIMEOUT));
+    let runtime = match Runtime::new(config, &gateway.metrics) {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "reload failed: keeping the running configuration");

@@ -97,6 +97,95 @@ pub fn refused_addr() -> SocketAddr {
     listener.local_addr().expect("local_addr")
 }
 
+/// An address where a TCP connect hangs: a listener with backlog 0 whose accept queue is already
+/// full, so Linux drops further SYNs. Keep the guard alive as long as the address is used.
+pub fn stalled_addr() -> (StalledAddr, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    listener.bind(&any.into()).expect("bind");
+    listener.listen(0).expect("listen");
+    let addr = listener
+        .local_addr()
+        .expect("local_addr")
+        .as_socket()
+        .expect("inet");
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        s.set_nonblocking(true).expect("nonblocking");
+        // In progress or refused: either way the queue fills up.
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    (
+        StalledAddr {
+            _sockets: std::iter::once(listener).chain(fillers).collect(),
+        },
+        addr,
+    )
+}
+
+/// Keeps a [`stalled_addr`] stalled.
+pub struct StalledAddr {
+    _sockets: Vec<socket2::Socket>,
+}
+
+/// Waits up to `within` until connects to `addr` are refused (a closed upstream's listener is
+/// really gone), so that a test does not race the close.
+pub async fn wait_refused(addr: SocketAddr, within: Duration) {
+    let wait = async {
+        loop {
+            match TcpStream::connect(addr).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    if tokio::time::timeout(within, wait).await.is_err() {
+        panic!("{addr} still accepts connections after {within:?}");
+    }
+}
+
+/// `GET path` on the admin listener: (status, body).
+pub async fn admin_get(gw: &Gateway, path: &str) -> (u16, String) {
+    let addr = gw.admin().expect("the config has [admin]");
+    let mut c = Client::connect(addr).await;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    c.send(req.as_bytes()).await.expect("send to admin");
+    let (head, body) = c.read_response().await;
+    (head.status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of the `/metrics` sample whose line starts with `series` (name and labels
+/// exactly as rendered), if present.
+pub async fn metric(gw: &Gateway, series: &str) -> Option<f64> {
+    let (_, text) = admin_get(gw, "/metrics").await;
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits up to `within` until the `/metrics` sample `series` equals `want`.
+pub async fn wait_metric(gw: &Gateway, series: &str, want: f64, within: Duration) {
+    let wait = async {
+        loop {
+            if metric(gw, series).await == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(within, wait).await.is_err() {
+        let (_, text) = admin_get(gw, "/metrics").await;
+        panic!("{series} did not become {want} within {within:?}; /metrics:\n{text}");
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking test thread must not hide the record from the assertion that follows.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -399,22 +488,54 @@ impl Gateway {
         &self.config_path
     }
 
-    /// Sends `SIGHUP` (reload, SPEC §7) with the system `kill`: the crate forbids `unsafe`, so
-    /// no `libc::kill`. Readiness afterwards comes from the gateway's own reload log events.
+    /// Sends `SIGHUP` (reload, SPEC §7). Readiness afterwards comes from the gateway's own
+    /// reload log events.
     pub async fn sighup(&self) {
-        let pid = self
-            .child
-            .id()
-            .expect("the gateway exited before SIGHUP")
-            .to_string();
-        let status = tokio::time::timeout(
-            IO_TIMEOUT,
-            Command::new("kill").args(["-HUP", &pid]).status(),
-        )
-        .await
-        .expect("`kill -HUP` timed out")
-        .expect("cannot run `kill`");
-        assert!(status.success(), "`kill -HUP {pid}` failed: {status}");
+        self.send_signal("HUP").await;
+    }
+
+    /// Sends `signal` (a name `kill` understands, such as `HUP`) to the gateway process.
+    pub async fn send_signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the gateway is running").to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// Replaces the config file and sends SIGHUP; waits (bounded) for the `configuration
+    /// reloaded` event that follows.
+    pub async fn reload(&self, config_toml: &str) {
+        let before = self
+            .logs()
+            .iter()
+            .filter(|e| event_str(e, "message") == Some("configuration reloaded"))
+            .count();
+        std::fs::write(&self.config_path, config_toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config_path.display()));
+        self.send_signal("HUP").await;
+        let book = self.book.clone();
+        let wait = async move {
+            loop {
+                let woken = book.changed.notified();
+                let done = lock(&book.events)
+                    .iter()
+                    .filter(|e| event_str(e, "message") == Some("configuration reloaded"))
+                    .count();
+                if done > before {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        if tokio::time::timeout(IO_TIMEOUT, wait).await.is_err() {
+            panic!(
+                "no `configuration reloaded` within {IO_TIMEOUT:?}\nstderr:\n{}",
+                self.stderr_text()
+            );
+        }
     }
 
     /// Every JSON log event so far.
@@ -523,6 +644,8 @@ pub struct Route {
     fallback: Option<String>,
     http: Option<String>,
     subprotocols: Vec<(String, String)>,
+    /// `upgrades = [{ token, upstream }]`.
+    upgrades: Vec<(String, String)>,
 }
 
 impl Route {
@@ -536,7 +659,21 @@ impl Route {
             fallback: None,
             http: None,
             subprotocols: Vec::new(),
+            upgrades: Vec::new(),
         }
+    }
+
+    /// `http = "UPSTREAM"`: ordinary requests are reverse-proxied there.
+    pub fn http(mut self, upstream: &str) -> Route {
+        self.http = Some(upstream.to_string());
+        self
+    }
+
+    /// Adds `{ token = TOKEN, upstream = UPSTREAM }` to `upgrades`.
+    pub fn upgrade(mut self, token: &str, upstream: &str) -> Route {
+        self.upgrades
+            .push((token.to_string(), upstream.to_string()));
+        self
     }
 
     /// Restricts the route to a host pattern (`name`, `*.suffix`).
@@ -555,12 +692,6 @@ impl Route {
     /// The upstream for requests offering no mapped subprotocol.
     pub fn fallback(mut self, upstream: &str) -> Route {
         self.fallback = Some(upstream.to_string());
-        self
-    }
-
-    /// The upstream for ordinary (non-upgrade) requests on this route.
-    pub fn http(mut self, upstream: &str) -> Route {
-        self.http = Some(upstream.to_string());
         self
     }
 
@@ -597,8 +728,16 @@ impl Route {
         if let Some(fb) = &self.fallback {
             out.push_str(&format!("fallback = {}\n", q(fb)));
         }
-        if let Some(web) = &self.http {
-            out.push_str(&format!("http = {}\n", q(web)));
+        if let Some(http) = &self.http {
+            out.push_str(&format!("http = {}\n", q(http)));
+        }
+        if !self.upgrades.is_empty() {
+            let list: Vec<String> = self
+                .upgrades
+                .iter()
+                .map(|(t, u)| format!("{{ token = {}, upstream = {} }}", q(t), q(u)))
+                .collect();
+            out.push_str(&format!("upgrades = [{}]\n", list.join(", ")));
         }
         for (name, upstream) in &self.subprotocols {
             out.push_str(&format!(
@@ -627,6 +766,8 @@ pub struct ConfigBuilder {
     tls: Option<ListenerTls>,
     routes: Vec<Route>,
     proxy_protocol: bool,
+    /// Upstream tables with settings beyond `servers`, rendered whole.
+    upstream_tables: Vec<String>,
 }
 
 impl Default for ConfigBuilder {
@@ -642,6 +783,7 @@ impl Default for ConfigBuilder {
             tls: None,
             routes: Vec::new(),
             proxy_protocol: false,
+            upstream_tables: Vec::new(),
         }
     }
 }
@@ -696,6 +838,22 @@ impl ConfigBuilder {
     /// `proxy_protocol = true` on every listener: connections must start with a PROXY header.
     pub fn proxy_protocol(mut self) -> ConfigBuilder {
         self.proxy_protocol = true;
+        self
+    }
+
+    /// An `[upstreams.NAME]` whose servers are written as given (IPs or host names) followed by
+    /// `settings`, raw TOML lines such as `balance = "least_connections"`.
+    pub fn upstream_with(
+        mut self,
+        name: &str,
+        servers: &[String],
+        settings: &str,
+    ) -> ConfigBuilder {
+        let list: Vec<String> = servers.iter().map(|s| q(s)).collect();
+        self.upstream_tables.push(format!(
+            "[upstreams.{name}]\nservers = [{}]\n{settings}\n\n",
+            list.join(", ")
+        ));
         self
     }
 
@@ -773,6 +931,7 @@ impl ConfigBuilder {
             }
             out.push('\n');
         }
+        out.extend(self.upstream_tables.iter().map(String::as_str));
         for route in &self.routes {
             route.render(&mut out);
         }
