@@ -73,6 +73,10 @@ impl Gateway {
     pub fn new(runtime: Runtime) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        // The same TCP options as every other upstream socket (crate::sockopt).
+        connector.set_keepalive(Some(crate::sockopt::KEEPALIVE_IDLE));
+        connector.set_keepalive_interval(Some(crate::sockopt::KEEPALIVE_INTERVAL));
+        connector.set_keepalive_retries(Some(crate::sockopt::KEEPALIVE_RETRIES));
         connector.set_connect_timeout(Some(runtime.config.limits.upstream_connect_timeout));
         Arc::new(Gateway {
             runtime: RwLock::new(Arc::new(runtime)),
@@ -309,12 +313,17 @@ impl Conn {
             .tunnel_opened(rec.route_label(), rec.subprotocol.as_deref().unwrap_or(""));
         let cfg = TunnelConfig {
             idle_timeout: self.runtime.config.limits.idle_timeout,
-            counters: None,
+            // Live, process-wide: /metrics shows the bytes of open tunnels too.
+            counters: Some(gateway.metrics.tunnel_counters()),
         };
         rec.status = if self.is_h2() { 200 } else { 101 };
         rec.handshake = rec.started.elapsed();
         let task = async move {
-            let _held = (permit, tracked, active, lease);
+            // Held while the tunnel runs. `tracked` outlives the access event, so a drain never
+            // exits before the tunnel is logged; the rest is released before it, so the event
+            // says the connection slot and metrics are already updated.
+            let _tracked = tracked;
+            let held = (permit, active, lease);
             let client_io = match client_upgrade.await {
                 Ok(io) => io,
                 Err(e) => {
@@ -331,10 +340,8 @@ impl Conn {
                 gateway.shutdown.expired(),
             )
             .await;
-            gateway
-                .metrics
-                .tunnel_bytes(outcome.bytes_up, outcome.bytes_down);
             gateway.metrics.tunnel_closed(outcome.duration);
+            drop(held);
             rec.log_tunnel(&outcome);
         };
         tokio::spawn(task.in_current_span());

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod route;
 pub mod run;
 pub mod shutdown;
+pub mod sockopt;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -1,16 +1,18 @@
 //! `switchyard run`: bind everything, serve, reload on SIGHUP, drain on SIGTERM/SIGINT.
 
+mod listeners;
+
 use std::path::Path;
-use std::sync::Arc;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_rustls::TlsAcceptor;
 
-use crate::config::{self, Config};
+use crate::config;
+use crate::config::Config;
 use crate::gateway::{Gateway, Runtime};
-use crate::listener::{self, BindError};
-use crate::tls::ServerTls;
-use crate::{admin, upstream};
+use crate::listener::BindError;
+use crate::upstream;
+
+use listeners::Listeners;
 
 /// Why the gateway could not start or keep running (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -29,50 +31,31 @@ pub enum RunError {
 }
 
 /// Runs the gateway until a drain completes. Logs one `listening` event per bound socket (field
-/// `addr` with the real port, `kind` = `listener` or `admin`), which tests use as readiness.
+/// `addr` with the real port, `kind` = `listener` or `admin`), at start and for listeners a
+/// reload opens; tests use them as readiness.
+///
+/// Signals: SIGHUP reloads (see [`reload`]); the first SIGTERM or SIGINT starts a drain (listeners
+/// closed, `/readyz` 503, open tunnels live on until they end or `drain_timeout`, then exit 0); a
+/// second one during the drain exits at once.
 pub async fn run(config: Config) -> Result<(), RunError> {
     let source = config.source.clone();
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
 
-    let mut bound = Vec::new();
-    for l in &config.listeners {
-        let tls = match &l.tls {
-            Some(t) => Some(ServerTls::new(t, l.http2).map_err(|source| RunError::Tls {
-                addr: l.bind,
-                source,
-            })?),
-            None => None,
-        };
-        bound.push((listener::bind(l.bind).await?, tls));
-    }
-    let admin = match &config.admin {
-        Some(a) => Some(listener::bind(a.bind).await?),
-        None => None,
-    };
-    let drain_timeout = config.limits.drain_timeout;
+    let bound = listeners::bind(&config).await?;
     let gateway = Gateway::new(Runtime::new(config)?);
-
-    let mut server_tls = Vec::new();
-    for (tcp, tls) in bound {
-        log_listening(&tcp, "listener");
-        let acceptor: Option<TlsAcceptor> = tls.as_ref().map(ServerTls::acceptor);
-        server_tls.push(tls);
-        tokio::spawn(listener::accept_loop(tcp, acceptor, Arc::clone(&gateway)));
-    }
-    if let Some(tcp) = admin {
-        log_listening(&tcp, "admin");
-        tokio::spawn(admin::serve(tcp, Arc::clone(&gateway)));
-    }
+    let mut listeners = bound.serve(std::sync::Arc::clone(&gateway))?;
 
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(&source, &gateway, &server_tls),
+            _ = hangup.recv() => reload(&source, &gateway, &mut listeners).await,
         }
     }
+    // Re-read at the signal: a reload may have changed it.
+    let drain_timeout = gateway.runtime().config.limits.drain_timeout;
     tracing::info!(timeout = ?drain_timeout, "draining: no new connections; open tunnels may finish");
     tokio::spawn(async move {
         tokio::select! {
@@ -82,40 +65,33 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tracing::warn!("second signal: exiting at once");
         std::process::exit(0);
     });
+    listeners.close_for_drain().await;
     gateway.shutdown.drain(drain_timeout).await;
     tracing::info!("drained; exiting");
     Ok(())
 }
 
-fn log_listening(tcp: &tokio::net::TcpListener, kind: &'static str) {
-    match tcp.local_addr() {
-        Ok(addr) => tracing::info!(addr = %addr, kind, "listening"),
-        Err(e) => tracing::warn!(kind, error = %e, "listening on an unknown address"),
-    }
-}
-
-/// SIGHUP: re-read the config file and certificates. Anything invalid is logged and the running
-/// configuration stays in force. Listen addresses are fixed at start in this version.
-fn reload(source: &Path, gateway: &Gateway, server_tls: &[Option<ServerTls>]) {
+/// SIGHUP: re-read the config file and certificates. A config that does not load or validate is
+/// logged with every error and the running configuration stays in force, listeners included.
+/// Otherwise new connections get the new routes, upstreams and limits at once (one pointer
+/// swap), open connections and tunnels keep the generation they started with, and listeners are
+/// opened, closed or restarted to match (see `listeners`).
+async fn reload(source: &Path, gateway: &Gateway, listeners: &mut Listeners) {
     let config = match config::load(source) {
         Ok(c) => c,
         Err(errors) => {
-            tracing::error!(errors = %errors, "reload failed: keeping the running configuration");
+            tracing::error!(config = %source.display(), errors = %errors, "reload failed: keeping the running configuration");
             return;
         }
     };
-    for (tls, l) in server_tls.iter().zip(&config.listeners) {
-        if let (Some(tls), Some(settings)) = (tls, &l.tls)
-            && let Err(e) = tls.reload(settings)
-        {
-            tracing::error!(listener = %l.bind, error = %e, "certificate reload failed: keeping the old certificates");
+    let runtime = match Runtime::new(config.clone()) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(config = %source.display(), error = %e, "reload failed: keeping the running configuration");
+            return;
         }
-    }
-    match Runtime::new(config) {
-        Ok(runtime) => {
-            gateway.replace_runtime(runtime);
-            tracing::info!(config = %source.display(), "configuration reloaded");
-        }
-        Err(e) => tracing::error!(error = %e, "reload failed: keeping the running configuration"),
-    }
+    };
+    gateway.replace_runtime(runtime);
+    listeners.apply(&config).await;
+    tracing::info!(config = %source.display(), "configuration reloaded");
 }

@@ -250,7 +250,7 @@ impl Pool {
 
     async fn dial(&self, server: &Server) -> std::io::Result<UpstreamStream> {
         let tcp = TcpStream::connect((server.addr.host.as_str(), server.addr.port)).await?;
-        tcp.set_nodelay(true)?;
+        crate::sockopt::tune(&tcp)?;
         match &self.tls {
             None => Ok(UpstreamStream::Tcp(tcp)),
             Some((client_config, settings)) => {
