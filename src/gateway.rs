@@ -346,13 +346,18 @@ impl Conn {
             .tunnel_opened(rec.route_label(), rec.subprotocol.as_deref().unwrap_or(""));
         let cfg = TunnelConfig {
             idle_timeout: self.runtime.config.limits.idle_timeout,
-            counters: None,
+            // Live, process-wide: /metrics shows the bytes of open tunnels too.
+            counters: Some(gateway.metrics.tunnel_counters()),
         };
         let h2 = self.is_h2();
         rec.status = if h2 { 200 } else { 101 };
         rec.handshake = rec.started.elapsed();
         let task = async move {
-            let _held = (permit, tracked, active, lease);
+            // Held while the tunnel runs. `tracked` outlives the access event, so a drain never
+            // exits before the tunnel is logged; the rest is released before it, so the event
+            // says the connection slot and metrics are already updated.
+            let _tracked = tracked;
+            let held = (permit, active, lease);
             let client_io = match client_upgrade.await {
                 Ok(io) => io,
                 Err(e) => {
@@ -384,10 +389,8 @@ impl Conn {
                 )
                 .await
             };
-            gateway
-                .metrics
-                .tunnel_bytes(outcome.bytes_up, outcome.bytes_down);
             gateway.metrics.tunnel_closed(outcome.duration);
+            drop(held);
             rec.log_tunnel(&outcome);
         };
         tokio::spawn(task.in_current_span());

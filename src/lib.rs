@@ -32,6 +32,7 @@ pub mod proxy_protocol;
 pub mod route;
 pub mod run;
 pub mod shutdown;
+pub mod sockopt;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

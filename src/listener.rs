@@ -65,7 +65,9 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
+        if let Err(e) = crate::sockopt::tune(&tcp) {
+            tracing::debug!(client = %client, error = %e, "cannot set TCP options");
+        }
         let span = tracing::info_span!("conn", client = %client, listener = %local);
         tokio::spawn(
             serve_connection(

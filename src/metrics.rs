@@ -1,13 +1,21 @@
 //! Prometheus metrics (SPEC §7), rendered by the admin listener's `/metrics`.
+//!
+//! Everything is live: gauges and counters move while tunnels run, not only when they close.
+//! Tunnel bytes in particular come from one process-wide [`ByteCounters`] pair that every tunnel
+//! bumps as it delivers bytes, read at scrape time by a [`Collector`].
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::tunnel::ByteCounters;
 
 /// `route` is the route's path, or `none` when nothing matched.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,7 +48,8 @@ pub struct Metrics {
     registry: Registry,
     handshakes: Family<HandshakeLabels, Counter>,
     tunnels_active: Family<TunnelLabels, Gauge>,
-    tunnel_bytes: Family<DirectionLabels, Counter>,
+    /// Shared by every tunnel (`TunnelConfig::counters`) and read by [`TunnelBytes`] per scrape.
+    tunnel_bytes: ByteCounters,
     upstream_connect: Histogram,
     tunnel_duration: Histogram,
     server_up: Family<ServerLabels, Gauge>,
@@ -56,7 +65,7 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         let tunnels_active = Family::<TunnelLabels, Gauge>::default();
-        let tunnel_bytes = Family::<DirectionLabels, Counter>::default();
+        let tunnel_bytes = ByteCounters::new();
         // 1 ms .. ~16 s: connects are normally sub-millisecond on a LAN and time out at seconds.
         let upstream_connect = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         // 10 ms .. ~1.5 days: tunnels live from a blink to days.
@@ -71,11 +80,7 @@ impl Default for Metrics {
             "Open tunnels by route and subprotocol",
             tunnels_active.clone(),
         );
-        registry.register(
-            "switchyard_tunnel_bytes",
-            "Bytes moved through tunnels by direction",
-            tunnel_bytes.clone(),
-        );
+        registry.register_collector(Box::new(TunnelBytes(tunnel_bytes.clone())));
         registry.register(
             "switchyard_upstream_connect_seconds",
             "Time to connect to an upstream server (TCP, and TLS where configured)",
@@ -142,18 +147,10 @@ impl Metrics {
         ActiveTunnel { gauge }
     }
 
-    /// Bytes moved, added as they are counted.
-    pub fn tunnel_bytes(&self, up: u64, down: u64) {
-        self.tunnel_bytes
-            .get_or_create(&DirectionLabels {
-                direction: "client_to_upstream",
-            })
-            .inc_by(up);
-        self.tunnel_bytes
-            .get_or_create(&DirectionLabels {
-                direction: "upstream_to_client",
-            })
-            .inc_by(down);
+    /// The process-wide byte counters every tunnel adds to as it delivers bytes (pass them as
+    /// `TunnelConfig::counters`), so `switchyard_tunnel_bytes_total` includes open tunnels.
+    pub fn tunnel_counters(&self) -> ByteCounters {
+        self.tunnel_bytes.clone()
     }
 
     /// A tunnel closed after `lifetime`.
@@ -211,6 +208,30 @@ impl Metrics {
     }
 }
 
+/// `switchyard_tunnel_bytes_total{direction}`, read from the live [`ByteCounters`] at scrape
+/// time: a registered `Counter` could only be bumped when a tunnel reports, i.e. when it closes.
+#[derive(Debug)]
+struct TunnelBytes(ByteCounters);
+
+impl Collector for TunnelBytes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "switchyard_tunnel_bytes",
+            "Bytes moved through tunnels by direction, open tunnels included",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, bytes) in [
+            ("client_to_upstream", self.0.up()),
+            ("upstream_to_client", self.0.down()),
+        ] {
+            let labels = DirectionLabels { direction };
+            ConstCounter::new(bytes).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Keeps `switchyard_tunnels_active` up while a tunnel lives.
 #[derive(Debug)]
 pub struct ActiveTunnel {
@@ -264,7 +285,6 @@ mod tests {
         m.handshake("/chat", 101);
         m.handshake(NO_ROUTE, 404);
         let t = m.tunnel_opened("/chat", "chat.v2");
-        m.tunnel_bytes(3, 4);
         m.upstream_connected(Duration::from_millis(2));
         let text = m.render();
         assert!(
@@ -279,13 +299,78 @@ mod tests {
             text.contains(r#"switchyard_tunnels_active{route="/chat",subprotocol="chat.v2"} 1"#)
         );
         assert!(
-            text.contains(r#"switchyard_tunnel_bytes_total{direction="client_to_upstream"} 3"#)
+            text.contains(r#"switchyard_tunnel_bytes_total{direction="client_to_upstream"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE switchyard_tunnel_bytes counter"),
+            "{text}"
         );
         assert!(text.contains("switchyard_upstream_connect_seconds_count 1"));
         drop(t);
         assert!(
             m.render()
                 .contains(r#"switchyard_tunnels_active{route="/chat",subprotocol="chat.v2"} 0"#)
+        );
+    }
+
+    /// Two tunnels share the process-wide counters; bytes show while both are still open.
+    #[tokio::test]
+    async fn tunnel_bytes_are_live_and_summed_over_tunnels() {
+        use crate::tunnel::{self, TunnelConfig};
+        use bytes::Bytes;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let m = Metrics::default();
+        let cfg = TunnelConfig {
+            idle_timeout: None,
+            counters: Some(m.tunnel_counters()),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let (mut c1, g1) = tokio::io::duplex(1024);
+        let (u1, mut s1) = tokio::io::duplex(1024);
+        let (mut c2, g2) = tokio::io::duplex(1024);
+        let (u2, mut s2) = tokio::io::duplex(1024);
+        let never = std::future::pending::<()>();
+        let tunnels = async {
+            tokio::join!(
+                tunnel::run(g1, Bytes::new(), u1, Bytes::new(), &cfg, stopped),
+                tunnel::run(g2, Bytes::new(), u2, Bytes::new(), &cfg, never),
+            )
+        };
+        let traffic = async {
+            let mut buf = [0u8; 16];
+            c1.write_all(b"abc").await.unwrap();
+            s1.read_exact(&mut buf[..3]).await.unwrap();
+            c2.write_all(b"d").await.unwrap();
+            s2.read_exact(&mut buf[..1]).await.unwrap();
+            s2.write_all(b"efgh").await.unwrap();
+            c2.read_exact(&mut buf[..4]).await.unwrap();
+            let text = m.render();
+            assert!(
+                text.contains(r#"switchyard_tunnel_bytes_total{direction="client_to_upstream"} 4"#),
+                "{text}"
+            );
+            assert!(
+                text.contains(r#"switchyard_tunnel_bytes_total{direction="upstream_to_client"} 4"#),
+                "{text}"
+            );
+            let _ = stop.send(());
+            drop((c2, s2));
+        };
+        let ((out1, out2), ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(tunnels, traffic)
+        })
+        .await
+        .unwrap();
+        assert_eq!((out1.bytes_up, out2.bytes_up, out2.bytes_down), (3, 1, 4));
+        // Nothing is added again when the tunnels report at their end.
+        assert!(
+            m.render()
+                .contains(r#"switchyard_tunnel_bytes_total{direction="client_to_upstream"} 4"#)
         );
     }
 }

@@ -434,7 +434,7 @@ impl Pool {
         client: Option<ProxiedAddrs>,
     ) -> std::io::Result<UpstreamStream> {
         let mut tcp = TcpStream::connect((server.addr.host.as_str(), server.addr.port)).await?;
-        tcp.set_nodelay(true)?;
+        crate::sockopt::tune(&tcp)?;
         if let Some(version) = self.send_proxy {
             // Before TLS and before the request: the upstream reads it first (proxy-protocol.txt §2).
             let addrs = match client {

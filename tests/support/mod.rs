@@ -147,20 +147,10 @@ pub async fn wait_refused(addr: SocketAddr, within: Duration) {
     }
 }
 
-/// `GET path` on the admin listener: (status, body).
-pub async fn admin_get(gw: &Gateway, path: &str) -> (u16, String) {
-    let addr = gw.admin().expect("the config has [admin]");
-    let mut c = Client::connect(addr).await;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    c.send(req.as_bytes()).await.expect("send to admin");
-    let (head, body) = c.read_response().await;
-    (head.status, String::from_utf8_lossy(&body).into_owned())
-}
-
 /// The value of the `/metrics` sample whose line starts with `series` (name and labels
 /// exactly as rendered), if present.
 pub async fn metric(gw: &Gateway, series: &str) -> Option<f64> {
-    let (_, text) = admin_get(gw, "/metrics").await;
+    let (_, _, text) = gw.admin_get("/metrics").await;
     text.lines().find_map(|l| {
         l.strip_prefix(series)?
             .strip_prefix(' ')?
@@ -181,7 +171,7 @@ pub async fn wait_metric(gw: &Gateway, series: &str, want: f64, within: Duration
         }
     };
     if tokio::time::timeout(within, wait).await.is_err() {
-        let (_, text) = admin_get(gw, "/metrics").await;
+        let (_, _, text) = gw.admin_get("/metrics").await;
         panic!("{series} did not become {want} within {within:?}; /metrics:\n{text}");
     }
 }
@@ -491,51 +481,7 @@ impl Gateway {
     /// Sends `SIGHUP` (reload, SPEC §7). Readiness afterwards comes from the gateway's own
     /// reload log events.
     pub async fn sighup(&self) {
-        self.send_signal("HUP").await;
-    }
-
-    /// Sends `signal` (a name `kill` understands, such as `HUP`) to the gateway process.
-    pub async fn send_signal(&self, signal: &str) {
-        let pid = self.child.id().expect("the gateway is running").to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .await
-            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-        assert!(status.success(), "kill -{signal} {pid}: {status}");
-    }
-
-    /// Replaces the config file and sends SIGHUP; waits (bounded) for the `configuration
-    /// reloaded` event that follows.
-    pub async fn reload(&self, config_toml: &str) {
-        let before = self
-            .logs()
-            .iter()
-            .filter(|e| event_str(e, "message") == Some("configuration reloaded"))
-            .count();
-        std::fs::write(&self.config_path, config_toml)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config_path.display()));
-        self.send_signal("HUP").await;
-        let book = self.book.clone();
-        let wait = async move {
-            loop {
-                let woken = book.changed.notified();
-                let done = lock(&book.events)
-                    .iter()
-                    .filter(|e| event_str(e, "message") == Some("configuration reloaded"))
-                    .count();
-                if done > before {
-                    return;
-                }
-                woken.await;
-            }
-        };
-        if tokio::time::timeout(IO_TIMEOUT, wait).await.is_err() {
-            panic!(
-                "no `configuration reloaded` within {IO_TIMEOUT:?}\nstderr:\n{}",
-                self.stderr_text()
-            );
-        }
+        self.signal(Signal::Hup);
     }
 
     /// Every JSON log event so far.
@@ -579,6 +525,144 @@ impl Gateway {
                 self.stderr_text()
             ),
         }
+    }
+}
+
+/// Signals the tests send to the gateway (via kill(1), so no unsafe code and no extra crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Hup,
+    Term,
+    Int,
+}
+
+impl Signal {
+    fn flag(self) -> &'static str {
+        match self {
+            Signal::Hup => "-HUP",
+            Signal::Term => "-TERM",
+            Signal::Int => "-INT",
+        }
+    }
+}
+
+/// Message of the event the gateway logs after a successful reload.
+pub const RELOADED: &str = "configuration reloaded";
+
+/// Prefix of the message the gateway logs when a reload is refused.
+pub const RELOAD_FAILED: &str = "reload failed";
+
+impl Gateway {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .id()
+            .expect("the gateway has already been waited for")
+    }
+
+    /// Sends `sig` to the gateway.
+    pub fn signal(&self, sig: Signal) {
+        let status = std::process::Command::new("kill")
+            .arg(sig.flag())
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(
+            status.success(),
+            "kill {} {} failed",
+            sig.flag(),
+            self.pid()
+        );
+    }
+
+    /// Waits up to `within` for the process to exit; `None` if it is still running.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => Some(status.unwrap_or_else(|e| panic!("waiting for the gateway: {e}"))),
+            Err(_) => None,
+        }
+    }
+
+    /// How many JSON log events have arrived so far: a mark for [`Gateway::wait_log_after`].
+    pub fn log_mark(&self) -> usize {
+        lock(&self.book.events).len()
+    }
+
+    /// Like [`Gateway::wait_log`], among the events logged after `mark`.
+    pub async fn wait_log_after(
+        &self,
+        mark: usize,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let search = async {
+            loop {
+                let woken = self.book.changed.notified();
+                if let Some(ev) = lock(&self.book.events)
+                    .get(mark..)
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|e| pred(e))
+                {
+                    return ev.clone();
+                }
+                woken.await;
+            }
+        };
+        match tokio::time::timeout(within, search).await {
+            Ok(ev) => ev,
+            Err(_) => panic!(
+                "no log event {what} within {within:?}\nstderr:\n{}",
+                self.stderr_text()
+            ),
+        }
+    }
+
+    /// Rewrites the config file, sends SIGHUP, and returns the event that says how the reload
+    /// went (message [`RELOADED`], or starting with [`RELOAD_FAILED`]).
+    pub async fn reload(&self, config_toml: &str) -> Value {
+        std::fs::write(&self.config_path, config_toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config_path.display()));
+        let mark = self.log_mark();
+        self.signal(Signal::Hup);
+        self.wait_log_after(mark, "after SIGHUP", READY_TIMEOUT, |e| {
+            event_str(e, "message").is_some_and(|m| m == RELOADED || m.starts_with(RELOAD_FAILED))
+        })
+        .await
+    }
+
+    /// The `listening` events (bound address and kind) logged after `mark`.
+    pub fn listening_after(&self, mark: usize) -> Vec<(SocketAddr, String)> {
+        lock(&self.book.events)
+            .get(mark..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| event_str(e, "message") == Some("listening"))
+            .filter_map(|e| {
+                let addr = event_str(e, "addr")?.parse().ok()?;
+                Some((addr, event_str(e, "kind")?.to_string()))
+            })
+            .collect()
+    }
+
+    /// `GET path` on the admin listener over HTTP/1.1: (status, content type, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String, String) {
+        let admin = self.admin.expect("the config has no [admin] listener");
+        let mut c = Client::connect(admin).await;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        c.send(request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("sending GET {path} to the admin listener: {e}"));
+        let (head, body) = c.read_response().await;
+        (
+            head.status,
+            head.headers
+                .get("content-type")
+                .unwrap_or_default()
+                .to_string(),
+            String::from_utf8_lossy(&body).into_owned(),
+        )
     }
 }
 
@@ -792,6 +876,12 @@ impl ConfigBuilder {
     /// One listener, no admin, defaults everywhere else.
     pub fn new() -> ConfigBuilder {
         ConfigBuilder::default()
+    }
+
+    /// `n` listeners, each on 127.0.0.1:0.
+    pub fn listeners(mut self, n: usize) -> ConfigBuilder {
+        self.listeners = n;
+        self
     }
 
     /// Adds an `[admin]` listener on 127.0.0.1:0.
@@ -1675,6 +1765,12 @@ impl Client {
     /// Whether the peer closed (EOF or reset) within `within`; bytes read meanwhile are dropped.
     pub async fn closed_within(&mut self, within: Duration) -> bool {
         self.read_to_eof(within).await.1
+    }
+
+    /// Resets the connection (SO_LINGER 0, then close: an RST, not a FIN).
+    pub fn abort(self) {
+        let _ = self.stream.set_zero_linger();
+        drop(self.stream);
     }
 
     /// Splits into halves for concurrent reading and writing; returns any buffered bytes too.
