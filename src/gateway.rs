@@ -366,6 +366,7 @@ impl Conn {
                 }
             };
             let (upstream_io, expired) = (TokioIo::new(upstream_io), gateway.shutdown.expired());
+            // hyper has already delivered both sides' early bytes through `Upgraded` itself.
             let outcome = if h2 {
                 let client_io = H2ClientStream(TokioIo::new(client_io));
                 tunnel::run(
