@@ -16,7 +16,8 @@
 
 import { spawn } from "node:child_process";
 import { createHash, X509Certificate } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -93,10 +94,12 @@ function startDemo() {
   const events = [];
   const lines = [];
   const waiters = new Set();
+  // The demo writes its config and certificates under TMPDIR; ours is removed even after a kill.
+  const tmp = mkdtempSync(join(tmpdir(), "switchyard-browser-"));
   const child = spawn(BIN, ["--log-format", "json", "--log-level", "info", "demo"], {
     cwd: ROOT,
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: "" },
+    env: { ...process.env, RUST_LOG: "", TMPDIR: tmp },
   });
   let stdout = "";
   child.stdout.on("data", (d) => {
@@ -145,7 +148,7 @@ function startDemo() {
       ms,
       what,
     );
-  return { child, events, lines, exited, waitEvent, stdout: () => stdout };
+  return { child, events, lines, exited, waitEvent, stdout: () => stdout, tmp };
 }
 
 const isAccess = (ev) => ev.target === "access";
@@ -360,6 +363,7 @@ try {
   if (demo) {
     writeFileSync(join(ARTIFACTS, "gateway.log"), demo.lines.join("\n") + "\n");
     writeFileSync(join(ARTIFACTS, "demo-stdout.txt"), demo.stdout());
+    rmSync(demo.tmp, { recursive: true, force: true });
   }
 }
 const failed = results.filter(([, e]) => e).length;

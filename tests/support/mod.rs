@@ -327,6 +327,9 @@ impl Gateway {
         let mut child = Command::new(BIN)
             .args(args)
             .env_remove("RUST_LOG")
+            // Anything the process puts in the temp dir (e.g. `demo`'s config) goes in ours,
+            // removed on drop even though the process is killed, not drained.
+            .env("TMPDIR", &dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
