@@ -19,6 +19,7 @@ pub mod access;
 pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod handshake;

@@ -1,5 +1,6 @@
 //! The `switchyard` command: parse arguments, set up logging, load the config, run.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,6 +38,19 @@ enum Command {
     Check {
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Zero-setup demo: the gateway in front of in-process echo.v1 and chat.v1 upstreams and a
+    /// page to try them, on 127.0.0.1:8080 (ws), :8443 (wss, h2) and admin :9090.
+    Demo {
+        /// Plain listener (page over HTTP/1.1, ws://).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// TLS listener with the dev certificate (page over h2, wss://).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        https: SocketAddr,
+        /// Admin listener (/healthz, /readyz, /metrics).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
     },
     /// Write a dev CA and a server certificate signed by it.
     Certs {
@@ -86,6 +100,24 @@ fn main() -> ExitCode {
                 }
             };
             match runtime.block_on(switchyard::run::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "fatal");
+                    eprintln!("switchyard: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::Demo { http, https, admin } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("switchyard: cannot start the async runtime: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            let addrs = switchyard::demo::DemoAddrs { http, https, admin };
+            match runtime.block_on(switchyard::demo::run(addrs)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "fatal");

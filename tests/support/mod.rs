@@ -367,10 +367,50 @@ impl Gateway {
         let config_path = dir.join("switchyard.toml");
         std::fs::write(&config_path, config_toml)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
+        let path = config_path.clone().into_os_string();
+        let args = [
+            "--log-format".as_ref(),
+            "json".as_ref(),
+            "run".as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+        ];
+        let what = format!("config:\n{config_toml}");
+        Gateway::spawn(&args, dir, config_path, want_listeners, want_admin, &what).await
+    }
+
+    /// Starts the binary with `args` (which should include `--log-format json`) and waits like
+    /// [`Gateway::start`] for `want_listeners` listeners and, if `want_admin`, the admin listener;
+    /// for commands that build their own config, such as `demo`.
+    pub async fn start_args(args: &[&str], want_listeners: usize, want_admin: bool) -> Gateway {
+        let dir = unique_temp_dir("gw");
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let what = format!("args: {args:?}");
+        Gateway::spawn(
+            &args,
+            dir,
+            PathBuf::new(),
+            want_listeners,
+            want_admin,
+            &what,
+        )
+        .await
+    }
+
+    async fn spawn(
+        args: &[&std::ffi::OsStr],
+        dir: PathBuf,
+        config_path: PathBuf,
+        want_listeners: usize,
+        want_admin: bool,
+        what: &str,
+    ) -> Gateway {
         let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&config_path)
+            .args(args)
             .env_remove("RUST_LOG")
+            // Anything the process puts in the temp dir (e.g. `demo`'s config) goes in ours,
+            // removed on drop even though the process is killed, not drained.
+            .env("TMPDIR", &dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -405,12 +445,12 @@ impl Gateway {
                         Err(_) => "still running".to_string(),
                     };
                 panic!(
-                    "gateway did not become ready: {why} ({status})\nconfig:\n{config_toml}\nstderr:\n{}",
+                    "gateway did not become ready: {why} ({status})\n{what}\nstderr:\n{}",
                     gw.book.text()
                 )
             }
             Err(_) => panic!(
-                "gateway logged no `listening` event for all {want_listeners} listener(s){} within {READY_TIMEOUT:?}\nconfig:\n{config_toml}\nstderr:\n{}",
+                "gateway logged no `listening` event for all {want_listeners} listener(s){} within {READY_TIMEOUT:?}\n{what}\nstderr:\n{}",
                 if want_admin {
                     " and the admin listener"
                 } else {
