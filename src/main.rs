@@ -84,70 +84,53 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Run { config } => {
-            let config = match switchyard::config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("switchyard: cannot start the async runtime: {e}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
-            };
-            match runtime.block_on(switchyard::run::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "fatal");
-                    eprintln!("switchyard: {e}");
-                    ExitCode::from(EXIT_RUNTIME)
-                }
+        Command::Run { config } => match switchyard::config::load(&config) {
+            Ok(config) => serve(switchyard::run::run(config)),
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(EXIT_CONFIG)
             }
-        }
+        },
         Command::Demo { http, https, admin } => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("switchyard: cannot start the async runtime: {e}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
-            };
-            let addrs = switchyard::demo::DemoAddrs { http, https, admin };
-            match runtime.block_on(switchyard::demo::run(addrs)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "fatal");
-                    eprintln!("switchyard: {e}");
-                    ExitCode::from(EXIT_RUNTIME)
-                }
-            }
+            serve(switchyard::demo::run(switchyard::demo::DemoAddrs {
+                http,
+                https,
+                admin,
+            }))
         }
-        Command::Certs { out, names } => {
-            let names = if names.is_empty() {
-                switchyard::certs::DEFAULT_NAMES
-                    .iter()
-                    .map(|n| (*n).to_owned())
-                    .collect()
-            } else {
-                names
-            };
-            match switchyard::certs::write_dev_certs(&out, &names) {
-                Ok(()) => {
-                    println!(
-                        "wrote ca.pem, ca-key.pem, server.pem, server-key.pem to {}",
-                        out.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("switchyard: {e}");
-                    ExitCode::from(EXIT_RUNTIME)
-                }
+        // An empty `names` means the default names (`certs::DEFAULT_NAMES`).
+        Command::Certs { out, names } => match switchyard::certs::write_dev_certs(&out, &names) {
+            Ok(()) => {
+                println!(
+                    "wrote ca.pem, ca-key.pem, server.pem, server-key.pem to {}",
+                    out.display()
+                );
+                ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprintln!("switchyard: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
+    }
+}
+
+/// Runs `main` on a multi-threaded runtime until it returns; failing to start or keep running is
+/// exit code 1 with the reason on stderr (and in the log).
+fn serve<E: std::fmt::Display>(main: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "fatal");
+            eprintln!("switchyard: {e}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }
