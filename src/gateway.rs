@@ -2,7 +2,7 @@
 //! the request, runs the pure handshake checks, talks to the upstream, answers the client, and
 //! hands the two upgraded streams to the tunnel.
 //!
-//! Invariants (see LIFECYCLE in README.md): no byte reaches an upstream before the route and the
+//! Invariants (README.md, "How a request flows"): no byte reaches an upstream before the route and the
 //! upstream are chosen; a non-101 upstream answer never becomes a tunnel; every failure is answered
 //! through `Reject::response`.
 
