@@ -553,32 +553,14 @@ async fn slow_client_reader_pushes_back_on_its_upstream_only() {
         let gw = h2_config(&chat, &mqtt, &chat).start().await;
         let mut conn = H2Conn::connect(gw.addr()).await;
         let mut slow = conn.websocket("/ws", Some("chat.v2"), Some("chat.v2")).await;
-        let mut other = conn.websocket("/ws", Some("mqtt"), Some("mqtt")).await;
+        let other = conn.websocket("/ws", Some("mqtt"), Some("mqtt")).await;
 
         let stuck = settled(&pushed, PUSH_TOTAL).await;
         assert!(
             stuck < PUSH_TOTAL,
             "the upstream pushed all {PUSH_TOTAL} bytes to a client that reads nothing: unbounded buffering"
         );
-        let probe = random_bytes(1 << 20, 9);
-        let (mut send, mut recv) = (other.send, other.recv);
-        let p2 = probe.clone();
-        let writer = tokio::spawn(async move {
-            send_all(&mut send, &p2).await;
-            send
-        });
-        let mut got = Vec::new();
-        while got.len() < probe.len() {
-            let chunk = tokio::time::timeout(IO_TIMEOUT, support::h2_client::recv_chunk(&mut recv))
-                .await
-                .expect("the other stream stalled behind the slow reader")
-                .expect("stream failed")
-                .expect("stream ended");
-            got.extend_from_slice(&chunk);
-        }
-        assert!(got == probe, "the other stream's echo differs");
-        other.send = writer.await.expect("writer");
-        other.recv = recv;
+        let _other = echo_probe(other, 9, "the other stream stalled behind the slow reader").await;
 
         let all = slow.recv_exact(PUSH_TOTAL).await;
         assert!(all == *data, "the slow stream's bytes differ once read");
@@ -658,26 +640,8 @@ async fn stalled_upstreams_push_back_on_their_streams_only() {
                 "stream {i}: the client pushed all {PUSH_TOTAL} bytes towards an upstream that reads nothing"
             );
         }
-        let mut other = conn.websocket("/ws", Some("mqtt"), Some("mqtt")).await;
-        let probe = random_bytes(1 << 20, 1);
-        let (mut send, mut recv) = (other.send, other.recv);
-        let p2 = probe.clone();
-        let writer = tokio::spawn(async move {
-            send_all(&mut send, &p2).await;
-            send
-        });
-        let mut got = Vec::new();
-        while got.len() < probe.len() {
-            let chunk = tokio::time::timeout(IO_TIMEOUT, support::h2_client::recv_chunk(&mut recv))
-                .await
-                .expect("the other stream stalled behind the stalled upstreams")
-                .expect("stream failed")
-                .expect("stream ended");
-            got.extend_from_slice(&chunk);
-        }
-        assert!(got == probe, "the other stream's echo differs");
-        other.send = writer.await.expect("writer");
-        other.recv = recv;
+        let other = conn.websocket("/ws", Some("mqtt"), Some("mqtt")).await;
+        let _other = echo_probe(other, 1, "the other stream stalled behind the stalled upstreams").await;
 
         resume.add_permits(STALLED);
         let logs: Vec<_> = chat.conns();
@@ -737,4 +701,32 @@ async fn connection_limit_answered_on_first_stream_then_goaway() {
         },
     )
     .await;
+}
+
+/// Sends 1 MiB of random bytes on `stream` while reading their echo back, each chunk within
+/// `IO_TIMEOUT` (else panics with `stalled`), and hands the stream back.
+async fn echo_probe(stream: H2Stream, seed: u64, stalled: &str) -> H2Stream {
+    let probe = random_bytes(1 << 20, seed);
+    let H2Stream {
+        head,
+        mut send,
+        mut recv,
+    } = stream;
+    let p2 = probe.clone();
+    let writer = tokio::spawn(async move {
+        send_all(&mut send, &p2).await;
+        send
+    });
+    let mut got = Vec::new();
+    while got.len() < probe.len() {
+        let chunk = tokio::time::timeout(IO_TIMEOUT, support::h2_client::recv_chunk(&mut recv))
+            .await
+            .expect(stalled)
+            .expect("stream failed")
+            .expect("stream ended");
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == probe, "the other stream's echo differs");
+    let send = writer.await.expect("writer");
+    H2Stream { head, send, recv }
 }

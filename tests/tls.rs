@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -53,13 +51,6 @@ async fn dev_tls_gateway(up: SocketAddr, limits: &[(&str, &str)]) -> Gateway {
         cfg = cfg.limit(k, v);
     }
     cfg.start().await
-}
-
-fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    a.iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .or((a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -558,46 +549,9 @@ async fn wss_tunnel_integrity_4mib_each_way() {
         assert_101(&head, &req.key, Some("chat.v2"));
         assert!(buffered.is_empty(), "bytes after the 101: {buffered:?}");
 
-        let (mut rd, mut wr) = tokio::io::split(tls);
+        let (rd, wr) = tokio::io::split(tls);
         let data = Arc::new(random_bytes(4 << 20, 0x7151));
-        let tx = data.clone();
-        let writer = tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(11);
-            let mut sent = 0;
-            while sent < tx.len() {
-                let n = chunk_len(&mut rng, tx.len() - sent);
-                wr.write_all(&tx[sent..sent + n])
-                    .await
-                    .expect("write into the tunnel");
-                sent += n;
-            }
-            wr
-        });
-        let mut got = 0;
-        let mut buf = vec![0u8; 64 * 1024];
-        while got < data.len() {
-            let n = tokio::time::timeout(IO_TIMEOUT, rd.read(&mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("echo stalled after {got} bytes"))
-                .expect("read from the tunnel");
-            assert!(n > 0, "tunnel closed after {got} of {} bytes", data.len());
-            assert!(got + n <= data.len(), "more bytes echoed than sent");
-            if let Some(at) = first_difference(&buf[..n], &data[got..got + n]) {
-                panic!("echo differs from what was sent at byte {}", got + at);
-            }
-            got += n;
-        }
-        let mut wr = writer.await.expect("writer task");
-        wr.shutdown()
-            .await
-            .expect("close_notify and shutdown(Write)");
-        let mut rest = Vec::new();
-        let ended = tokio::time::timeout(IO_TIMEOUT, rd.read_to_end(&mut rest)).await;
-        assert!(
-            matches!(ended, Ok(Ok(_))),
-            "tunnel did not end after both EOFs: {ended:?}"
-        );
-        assert!(rest.is_empty(), "{} extra bytes after the echo", rest.len());
+        echo_integrity(rd, wr, Arc::clone(&data), 11).await;
 
         let at_upstream = up.conn(0, IO_TIMEOUT).await.after_head();
         if let Some(at) = first_difference(&at_upstream, &data) {

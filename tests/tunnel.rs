@@ -6,10 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One route `/ws`: subprotocol `echo` or no offer (fallback), both to `up`.
 async fn tunnel_gateway(up: &RawUpstream, limits: &[(&str, &str)]) -> Gateway {
@@ -33,13 +30,6 @@ async fn open_tunnel(gw: &Gateway, protocol: Option<&str>, early: &[u8]) -> Clie
     c
 }
 
-fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    a.iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .or((a.len() != b.len()).then(|| a.len().min(b.len())))
-}
-
 /// 16 MiB of random bytes written in random-sized writes while the echo comes back: nothing
 /// lost, duplicated or reordered, in either direction; then EOF ends the tunnel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,60 +38,14 @@ async fn integrity_16mib_each_way_concurrently() {
         let up = RawUpstream::start(accept_then_echo(b"")).await;
         let gw = tunnel_gateway(&up, &[]).await;
         let c = open_tunnel(&gw, None, b"").await;
-        let (buffered, mut rd, mut wr) = c.into_split();
+        let (buffered, rd, wr) = c.into_split();
         assert!(
             buffered.is_empty(),
             "bytes after the 101 before anything was sent: {buffered:?}"
         );
 
         let data = Arc::new(random_bytes(16 << 20, 0x5eed));
-        let tx = data.clone();
-        let writer = tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(7);
-            let mut sent = 0;
-            while sent < tx.len() {
-                let n = chunk_len(&mut rng, tx.len() - sent);
-                wr.write_all(&tx[sent..sent + n])
-                    .await
-                    .expect("write into the tunnel");
-                sent += n;
-            }
-            wr
-        });
-        let mut got = 0;
-        let mut buf = vec![0u8; 64 * 1024];
-        while got < data.len() {
-            let n = rd.read(&mut buf).await.expect("read from the tunnel");
-            assert!(
-                n > 0,
-                "tunnel closed after {got} of {} echoed bytes",
-                data.len()
-            );
-            assert!(
-                got + n <= data.len(),
-                "more bytes echoed than sent ({} > {})",
-                got + n,
-                data.len()
-            );
-            if let Some(at) = first_difference(&buf[..n], &data[got..got + n]) {
-                panic!(
-                    "echoed stream differs from what was sent at byte {}",
-                    got + at
-                );
-            }
-            got += n;
-        }
-        let mut wr = writer.await.expect("writer task");
-
-        // Client EOF -> upstream EOF -> the echo upstream's EOF -> the client's EOF.
-        wr.shutdown().await.expect("shutdown(Write)");
-        let mut rest = Vec::new();
-        let ended = tokio::time::timeout(IO_TIMEOUT, rd.read_to_end(&mut rest)).await;
-        assert!(
-            matches!(ended, Ok(Ok(_))),
-            "tunnel did not end after both EOFs: {ended:?}"
-        );
-        assert!(rest.is_empty(), "{} extra bytes after the echo", rest.len());
+        echo_integrity(rd, wr, Arc::clone(&data), 7).await;
 
         let conn = up.conn(0, IO_TIMEOUT).await;
         let at_upstream = conn.after_head();
