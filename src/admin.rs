@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -10,17 +11,22 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
 
+/// A client must send its request head within this; the admin listener is for probes and
+/// scrapers, so a stalled one is cut off rather than held.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves admin requests until the process exits.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, _) = crate::listener::accept(&listener, &local).await;
         let gateway = Arc::clone(&gateway);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -28,6 +34,8 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
                 async move { Ok::<_, Infallible>(answer(&req, &gateway)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });

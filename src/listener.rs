@@ -40,6 +40,20 @@ pub struct BindError {
     pub source: io::Error,
 }
 
+/// The next connection on `listener`. Accept errors (EMFILE and friends) are logged and retried
+/// after a short pause instead of spinning: the listener itself is fine.
+pub async fn accept(listener: &TcpListener, local: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(listener = %local, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accepts connections until the gateway starts draining. With `proxy_protocol` every connection
 /// must start with a PROXY v1/v2 header (SPEC §7).
 pub async fn accept_loop(
@@ -52,18 +66,9 @@ pub async fn accept_loop(
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (tcp, client) = tokio::select! {
+            accepted = accept(&listener, &local) => accepted,
             () = gateway.shutdown.draining() => return,
-        };
-        let (tcp, client) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning; the listener itself is fine.
-                tracing::warn!(listener = %local, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
         };
         if let Err(e) = crate::sockopt::tune(&tcp) {
             tracing::debug!(client = %client, error = %e, "cannot set TCP options");
