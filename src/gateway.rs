@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST};
+use http::header::CONNECTION;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
@@ -419,12 +419,8 @@ impl Conn {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
+        // Host, X-Forwarded-* and Forwarded come from `fwd`; hop-by-hop headers are dropped.
         *request.headers_mut() = handshake::forward_headers(&parts.headers, fwd);
-        if !request.headers().contains_key(HOST)
-            && let Ok(host) = HeaderValue::from_str(fwd.host)
-        {
-            request.headers_mut().insert(HOST, host);
-        }
         match self.runtime.upstreams.forward(name, request).await {
             Err(reject) => failure(reject),
             Ok(response) => {
