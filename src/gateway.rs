@@ -200,7 +200,7 @@ impl Conn {
             Err(r) => return Err((r, Some(body))),
         };
         rec.host = host.clone();
-        let Some((_, route)) = rt.routes.find(&host, &rec.path) else {
+        let Some(route) = rt.routes.find(&host, &rec.path) else {
             return Err((Reject::NoRoute, Some(body)));
         };
         rec.route = Some(route.path.clone());

@@ -59,8 +59,8 @@ impl RouteTable {
 
     /// The route for a request. `host` is the `Host` header or h2 `:authority` as received (port
     /// ignored, case-insensitive, `[v6]:port` understood); `path_and_query` is the request
-    /// target in origin form. Returns the route's index in the slice given to `new`.
-    pub fn find(&self, host: &str, path_and_query: &str) -> Option<(usize, &RouteConfig)> {
+    /// target in origin form. Among equally long prefixes the first in file order wins.
+    pub fn find(&self, host: &str, path_and_query: &str) -> Option<&RouteConfig> {
         let host = host_name(host);
         let class: &[usize] = if let Some(list) = self.exact.get(host.as_ref()) {
             list
@@ -73,22 +73,14 @@ impl RouteTable {
         let path = path_and_query
             .split_once('?')
             .map_or(path_and_query, |(p, _)| p);
-        let mut best: Option<(usize, &RouteConfig)> = None;
-        for &i in class {
-            let Some(r) = self.routes.get(i) else {
-                continue;
-            };
-            let longer = best.is_none_or(|(_, b)| r.path.len() > b.path.len());
+        let mut best: Option<&RouteConfig> = None;
+        for r in class.iter().filter_map(|&i| self.routes.get(i)) {
+            let longer = best.is_none_or(|b| r.path.len() > b.path.len());
             if longer && path_matches(&r.path, path) {
-                best = Some((i, r));
+                best = Some(r);
             }
         }
         best
-    }
-
-    /// The routes in the order given to `new` (index = the one `find` returns).
-    pub fn routes(&self) -> &[RouteConfig] {
-        &self.routes
     }
 }
 
@@ -160,10 +152,7 @@ mod tests {
     }
 
     fn upstream_of(t: &RouteTable, host: &str, path: &str) -> Option<String> {
-        t.find(host, path).and_then(|(i, r)| {
-            assert_eq!(t.routes()[i], *r, "index and route agree");
-            r.fallback.clone()
-        })
+        t.find(host, path).and_then(|r| r.fallback.clone())
     }
 
     #[test]
@@ -284,6 +273,7 @@ mod tests {
             route(HostPattern::Any, "/a", "first"),
             route(HostPattern::Any, "/a", "second"),
         ]);
-        assert_eq!(t.find("h", "/a").map(|(i, _)| i), Some(0));
+        let found = t.find("h", "/a").and_then(|r| r.fallback.as_deref());
+        assert_eq!(found, Some("first"));
     }
 }

@@ -459,11 +459,6 @@ impl Pool {
             }
         }
     }
-
-    /// Whether connections to this pool use TLS.
-    pub fn uses_tls(&self) -> bool {
-        self.tls.is_some()
-    }
 }
 
 impl Server {

@@ -391,12 +391,9 @@ async fn client_reset_closes_only_its_tunnel() {
 async fn upstream_reset_resets_the_stream() {
     bounded("upstream_reset_resets_the_stream", async {
         let chat = RawUpstream::start(script(|mut c| async move {
-            let Some(head) = c.read_head().await else {
+            if !c.accept_upgrade().await {
                 return;
-            };
-            let _ = c
-                .send(&response_101(&head, offered(&head).as_deref()))
-                .await;
+            }
             c.recv_exact(9).await;
             c.abort();
         }))
@@ -427,12 +424,9 @@ async fn upstream_reset_resets_the_stream() {
 async fn end_stream_is_half_close() {
     bounded("end_stream_is_half_close", async {
         let chat = RawUpstream::start(script(|mut c| async move {
-            let Some(head) = c.read_head().await else {
+            if !c.accept_upgrade().await {
                 return;
-            };
-            let _ = c
-                .send(&response_101(&head, offered(&head).as_deref()))
-                .await;
+            }
             let got = c.read_to_eof().await;
             let _ = c.send(format!("got {} bytes", got.len()).as_bytes()).await;
             c.shutdown_write().await;
@@ -533,10 +527,7 @@ async fn slow_client_reader_pushes_back_on_its_upstream_only() {
         let chat = RawUpstream::start(script(move |mut c| {
             let (p, d) = (p.clone(), d.clone());
             async move {
-                let Some(head) = c.read_head().await else {
-                    return;
-                };
-                if c.send(&response_101(&head, offered(&head).as_deref())).await.is_err() {
+                if !c.accept_upgrade().await {
                     return;
                 }
                 for chunk in d.chunks(16 * 1024) {
@@ -609,10 +600,7 @@ async fn stalled_upstreams_push_back_on_their_streams_only() {
         let chat = RawUpstream::start(script(move |mut c| {
             let r = r.clone();
             async move {
-                let Some(head) = c.read_head().await else {
-                    return;
-                };
-                if c.send(&response_101(&head, offered(&head).as_deref())).await.is_err() {
+                if !c.accept_upgrade().await {
                     return;
                 }
                 let Ok(_go) = r.acquire().await else {

@@ -210,13 +210,7 @@ fn echo_up() -> Script {
 /// Upstream: 101, then EOF at once, then read until the gateway closes.
 fn eof_up() -> Script {
     script(|mut c| async move {
-        let Some(head) = c.read_head().await else {
-            return;
-        };
-        if c.send(&response_101(&head, offered(&head).as_deref()))
-            .await
-            .is_ok()
-        {
+        if c.accept_upgrade().await {
             c.shutdown_write().await;
             c.read_to_eof().await;
         }
@@ -226,13 +220,7 @@ fn eof_up() -> Script {
 /// Upstream: 101, then a reset once `bye` arrives.
 fn reset_up() -> Script {
     script(|mut c| async move {
-        let Some(head) = c.read_head().await else {
-            return;
-        };
-        if c.send(&response_101(&head, offered(&head).as_deref()))
-            .await
-            .is_ok()
-        {
+        if c.accept_upgrade().await {
             c.recv_exact(3).await;
             c.abort();
         }

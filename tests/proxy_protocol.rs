@@ -274,13 +274,7 @@ fn proxied_accept() -> Script {
                 line.extend_from_slice(&byte);
             }
         }
-        let Some(head) = c.read_head().await else {
-            return;
-        };
-        if c.send(&response_101(&head, offered(&head).as_deref()))
-            .await
-            .is_ok()
-        {
+        if c.accept_upgrade().await {
             c.read_to_eof().await;
         }
     })

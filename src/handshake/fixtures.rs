@@ -230,7 +230,7 @@ pub(crate) fn run(req: &Req, ws: &WebSocketConfig) -> Result<(String, Option<Str
     let host = request_host(&parts, req.is_h2)?;
     let table = RouteTable::new(&req.routes);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let (_, route) = table.find(host, target).ok_or(Reject::NoRoute)?;
+    let route = table.find(host, target).ok_or(Reject::NoRoute)?;
     match classify(&parts, route, req.is_h2, protocol.as_deref())? {
         Kind::Plain => route
             .http

@@ -1318,6 +1318,17 @@ impl RawConn {
         n > 0
     }
 
+    /// Reads the request head and answers a correct 101 that selects the offered subprotocol, as
+    /// a well-behaved upstream would; `false` if no head came or the answer could not be sent.
+    pub async fn accept_upgrade(&mut self) -> bool {
+        let Some(head) = self.read_head().await else {
+            return false;
+        };
+        self.send(&response_101(&head, offered(&head).as_deref()))
+            .await
+            .is_ok()
+    }
+
     /// Reads the request head; `None` if the connection ended first or the head is malformed.
     pub async fn read_head(&mut self) -> Option<RequestHead> {
         loop {
@@ -1453,13 +1464,7 @@ pub fn accept_then_echo(early: &[u8]) -> Script {
 /// Script: a correct 101, then hold the connection (recording) until the gateway closes it.
 pub fn accept_then_hold() -> Script {
     script(|mut c| async move {
-        let Some(head) = c.read_head().await else {
-            return;
-        };
-        if c.send(&response_101(&head, offered(&head).as_deref()))
-            .await
-            .is_ok()
-        {
+        if c.accept_upgrade().await {
             c.read_to_eof().await;
         }
     })
