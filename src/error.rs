@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, UPGRADE};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode, Version};
 
 /// Why a handshake was not tunnelled. Client faults are 4xx, upstream faults 502/504, capacity 503/429.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,11 +61,43 @@ pub enum Reject {
     UpstreamBadHandshake(String),
 }
 
-/// How the answer will be carried: HTTP/1.x may say `Connection: close`, h2 must not (RFC 9113 §8.2.2).
+/// How a request reached the gateway. The few handshake rules that differ by carrier ask it
+/// (one method per rule), so a new carrier is one variant here and one front in `gateway`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carrier {
-    Http1,
-    Http2,
+    /// HTTP/1.x: an upgrade is `GET` with `Upgrade`/`Connection`; answers may close the connection.
+    H1,
+    /// HTTP/2: an upgrade is an extended CONNECT (RFC 8441) on one stream of a shared connection.
+    H2,
+}
+
+impl Carrier {
+    /// RFC 8441 §4 (HTTP/2; RFC 9220 does the same for HTTP/3): the upgrade is a CONNECT with
+    /// `:protocol`, routed on `:authority`, answered 200 with no key exchange and without
+    /// connection-specific headers (RFC 9113 §8.2.2), and the connection outlives the stream.
+    pub fn extended_connect(self) -> bool {
+        match self {
+            Carrier::H1 => false,
+            Carrier::H2 => true,
+        }
+    }
+
+    /// The HTTP version of the answers the gateway writes on this carrier.
+    pub fn version(self) -> Version {
+        match self {
+            Carrier::H1 => Version::HTTP_11,
+            Carrier::H2 => Version::HTTP_2,
+        }
+    }
+
+    /// The method an upgrade must use: `GET` (RFC 6455 §4.2.1 item 1) or CONNECT (RFC 8441 §4).
+    pub fn upgrade_method(self) -> Method {
+        if self.extended_connect() {
+            Method::CONNECT
+        } else {
+            Method::GET
+        }
+    }
 }
 
 impl Reject {
@@ -114,11 +146,10 @@ impl Reject {
                 connection = "Upgrade, close";
             }
             Reject::MethodNotAllowed => {
-                let allow = match carrier {
-                    Carrier::Http1 => "GET",
-                    Carrier::Http2 => "CONNECT",
-                };
-                h.insert(ALLOW, HeaderValue::from_static(allow));
+                // A method name is a token, always a valid field value.
+                if let Ok(allow) = HeaderValue::from_str(carrier.upgrade_method().as_str()) {
+                    h.insert(ALLOW, allow);
+                }
             }
             Reject::VersionUnsupported { versions, .. } | Reject::VersionRepeated { versions } => {
                 h.insert("sec-websocket-version", version_list(versions));
@@ -143,7 +174,7 @@ impl Reject {
             | Reject::UpstreamTimeout
             | Reject::UpstreamBadHandshake(_) => {}
         }
-        if carrier == Carrier::Http1 {
+        if !carrier.extended_connect() {
             h.insert(CONNECTION, HeaderValue::from_static(connection));
         }
         res
@@ -173,7 +204,7 @@ mod tests {
             Reject::UpstreamTimeout,
         ];
         for r in rows {
-            let res = r.response(Carrier::Http1);
+            let res = r.response(Carrier::H1);
             let conn = res.headers()[CONNECTION]
                 .to_str()
                 .unwrap()
@@ -191,7 +222,7 @@ mod tests {
 
     #[test]
     fn h2_answers_carry_no_connection_header() {
-        let res = Reject::UpgradeRequired.response(Carrier::Http2);
+        let res = Reject::UpgradeRequired.response(Carrier::H2);
         assert!(!res.headers().contains_key(CONNECTION));
     }
 
@@ -201,14 +232,14 @@ mod tests {
             status: StatusCode::UPGRADE_REQUIRED,
             versions: vec![7, 13, 8],
         };
-        let res = r.response(Carrier::Http1);
+        let res = r.response(Carrier::H1);
         assert_eq!(res.status(), 426);
         assert_eq!(res.headers()["sec-websocket-version"], "7, 13, 8");
     }
 
     #[test]
     fn plain_request_answer_invites_an_upgrade() {
-        let res = Reject::UpgradeRequired.response(Carrier::Http1);
+        let res = Reject::UpgradeRequired.response(Carrier::H1);
         assert_eq!(res.headers()[UPGRADE], "websocket");
         assert_eq!(res.headers()[CONNECTION], "Upgrade, close");
     }

@@ -122,7 +122,7 @@ async fn serve_connection(
             client,
             local,
             tls: false,
-            carrier: Carrier::Http1,
+            carrier: Carrier::H1,
             permit: Arc::new(permit),
         };
         return serve_http1(tcp, Arc::new(conn)).await;
@@ -141,7 +141,7 @@ async fn serve_connection(
         }
         Err(reject) => return answer_and_close(stream, &reject, &gateway, client).await,
     };
-    let carrier = if h2 { Carrier::Http2 } else { Carrier::Http1 };
+    let carrier = if h2 { Carrier::H2 } else { Carrier::H1 };
     let conn = Arc::new(Conn {
         gateway,
         runtime,
@@ -298,7 +298,7 @@ async fn refuse_h2<S>(
     let answered = Arc::new(Notify::new());
     let signal = Arc::clone(&answered);
     let service = service_fn(move |_req| {
-        let response = reject.response(Carrier::Http2);
+        let response = reject.response(Carrier::H2);
         let status = response.status().as_u16();
         gateway.metrics.handshake(crate::metrics::NO_ROUTE, status);
         AccessRecord::new(client, "HTTP/2").log_handshake(status);
@@ -354,7 +354,7 @@ async fn answer_and_close<S>(mut io: S, reject: &Reject, gateway: &Gateway, clie
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let response = reject.response(Carrier::Http1);
+    let response = reject.response(Carrier::H1);
     let status = response.status().as_u16();
     gateway.metrics.handshake(crate::metrics::NO_ROUTE, status);
     AccessRecord::new(client, "HTTP/1.1").log_handshake(status);
@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn serialized_answer_is_a_complete_http1_response() {
-        let bytes = serialize(&Reject::TooManyConnections.response(Carrier::Http1));
+        let bytes = serialize(&Reject::TooManyConnections.response(Carrier::H1));
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),

@@ -8,12 +8,12 @@ use http::header::{
     SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 
 use super::key::{accept_key, is_valid_key};
 use super::tokens::{self, HopByHop};
 use crate::config::{RouteConfig, Select, WebSocketConfig};
-use crate::error::Reject;
+use crate::error::{Carrier, Reject};
 
 /// The hybi-07/08 name of `Origin` (draft-ietf-hybi-thewebsocketprotocol-08 §4.1).
 pub(crate) const SEC_WEBSOCKET_ORIGIN: HeaderName = HeaderName::from_static("sec-websocket-origin");
@@ -36,15 +36,15 @@ pub struct Negotiated {
 }
 
 /// Step 4 for a WebSocket: every §3 row after routing, in SPEC order, the first failure
-/// answering. Over h2 (`is_h2`) the same rules apply to the extended CONNECT, without a key.
+/// answering. Over an extended CONNECT (h2) the same rules apply, without a key.
 pub fn negotiate(
     parts: &Parts,
     route: &RouteConfig,
     ws: &WebSocketConfig,
-    is_h2: bool,
+    carrier: Carrier,
 ) -> Result<Negotiated, Reject> {
     let h = &parts.headers;
-    common_rows(parts, is_h2)?;
+    common_rows(parts, carrier)?;
 
     // RFC 6455 §4.2.1 item 6: "A |Sec-WebSocket-Version| header field, with a value of 13."
     // §4.4: "If this version does not match a version understood by the server, the server
@@ -79,7 +79,7 @@ pub fn negotiate(
     // that, when decoded, is 16 bytes in length." RFC 6455 §11.3.1: it "MUST NOT appear more
     // than once in an HTTP request." RFC 8441 §5: over h2 the key is not used; a client's key
     // is ignored here and never forwarded.
-    let client_key = if is_h2 {
+    let client_key = if carrier.extended_connect() {
         None
     } else {
         let mut keys = h.get_all(SEC_WEBSOCKET_KEY).iter();
@@ -167,16 +167,15 @@ pub fn negotiate(
 
 /// Step 4 for a configured non-WebSocket `Upgrade` token: the method, body and HTTP-version
 /// rows of §3, in the same order as for a WebSocket.
-pub fn check_other_upgrade(parts: &Parts, is_h2: bool) -> Result<(), Reject> {
-    common_rows(parts, is_h2)
+pub fn check_other_upgrade(parts: &Parts, carrier: Carrier) -> Result<(), Reject> {
+    common_rows(parts, carrier)
 }
 
 /// §3's method, body and version rows, shared by WebSocket and other upgrades.
-fn common_rows(parts: &Parts, is_h2: bool) -> Result<(), Reject> {
+fn common_rows(parts: &Parts, carrier: Carrier) -> Result<(), Reject> {
     // RFC 6455 §4.2.1 item 1: "An HTTP/1.1 or higher GET request". RFC 8441 §4: over h2 the
     // method is CONNECT.
-    let method = if is_h2 { Method::CONNECT } else { Method::GET };
-    if parts.method != method {
+    if parts.method != carrier.upgrade_method() {
         return Err(Reject::MethodNotAllowed);
     }
     // RFC 9112 §6.3: a body is framed by Transfer-Encoding or a Content-Length. Bytes after an
@@ -185,7 +184,7 @@ fn common_rows(parts: &Parts, is_h2: bool) -> Result<(), Reject> {
         return Err(Reject::UpgradeWithBody);
     }
     // RFC 6455 §4.2.1 item 1: "HTTP/1.1 or higher"; RFC 9110 §7.8: Upgrade is HTTP/1.1's.
-    if !is_h2 && parts.version < Version::HTTP_11 {
+    if !carrier.extended_connect() && parts.version < Version::HTTP_11 {
         return Err(Reject::HttpVersionTooOld);
     }
     Ok(())
@@ -246,7 +245,7 @@ fn relayed(upstream: &HeaderMap) -> HeaderMap {
 pub fn client_success(
     negotiated: &Negotiated,
     upstream_101: &http::response::Parts,
-    is_h2: bool,
+    carrier: Carrier,
 ) -> Response<()> {
     let mut res = Response::new(());
     let mut headers = relayed(&upstream_101.headers);
@@ -257,9 +256,9 @@ pub fn client_success(
     {
         headers.insert(SEC_WEBSOCKET_PROTOCOL, p);
     }
-    if is_h2 {
+    *res.version_mut() = carrier.version();
+    if carrier.extended_connect() {
         *res.status_mut() = StatusCode::OK;
-        *res.version_mut() = Version::HTTP_2;
     } else {
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -285,13 +284,13 @@ pub fn client_success(
 pub fn client_success_other(
     token: &str,
     upstream_101: &http::response::Parts,
-    is_h2: bool,
+    carrier: Carrier,
 ) -> Response<()> {
     let mut res = Response::new(());
     let mut headers = relayed(&upstream_101.headers);
-    if is_h2 {
+    *res.version_mut() = carrier.version();
+    if carrier.extended_connect() {
         *res.status_mut() = StatusCode::OK;
-        *res.version_mut() = Version::HTTP_2;
     } else {
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         // The token passed protocol_matches, so it is tchars and "/" only.
@@ -345,7 +344,7 @@ mod tests {
             )
             .add("Sec-WebSocket-Extensions", "x-foo");
         let (parts, _) = req.parts();
-        let n = negotiate(&parts, &std_route("/ws"), &std_ws_config(), false).unwrap();
+        let n = negotiate(&parts, &std_route("/ws"), &std_ws_config(), Carrier::H1).unwrap();
         assert_eq!(
             n,
             Negotiated {
@@ -359,7 +358,7 @@ mod tests {
             }
         );
         let (h2, _) = Req::ws("/ws").h2().parts();
-        let n = negotiate(&h2, &std_route("/ws"), &std_ws_config(), true).unwrap();
+        let n = negotiate(&h2, &std_route("/ws"), &std_ws_config(), Carrier::H2).unwrap();
         assert_eq!((n.client_key, n.extensions), (None, None));
     }
 
@@ -368,7 +367,7 @@ mod tests {
         let (parts, _) = Req::ws("/ws")
             .set("Sec-WebSocket-Protocol", "mqtt, chat/v2")
             .parts();
-        let err = negotiate(&parts, &std_route("/ws"), &std_ws_config(), false).unwrap_err();
+        let err = negotiate(&parts, &std_route("/ws"), &std_ws_config(), Carrier::H1).unwrap_err();
         assert!(
             matches!(&err, Reject::BadSubprotocolList(r) if r.contains("chat/v2")),
             "{err:?}"
@@ -403,13 +402,13 @@ mod tests {
         ];
         for (req, want) in rows {
             let (parts, _) = req.parts();
-            assert_eq!(check_other_upgrade(&parts, false), want, "{req:?}");
+            assert_eq!(check_other_upgrade(&parts, Carrier::H1), want, "{req:?}");
         }
         let (h2, _) = Req::ws("/raw").set("Upgrade", "tcp").h2().parts();
-        assert_eq!(check_other_upgrade(&h2, true), Ok(()));
+        assert_eq!(check_other_upgrade(&h2, Carrier::H2), Ok(()));
         let (h2_get, _) = Req::plain("GET", "/raw").h2().parts();
         assert_eq!(
-            check_other_upgrade(&h2_get, true),
+            check_other_upgrade(&h2_get, Carrier::H2),
             Err(Reject::MethodNotAllowed)
         );
     }
@@ -431,7 +430,11 @@ mod tests {
             ("Keep-Alive", "timeout=5"),
             ("Content-Length", "0"),
         ]);
-        let res = client_success(&negotiated(Some(SAMPLE_KEY), Some("chat.v2")), &up, false);
+        let res = client_success(
+            &negotiated(Some(SAMPLE_KEY), Some("chat.v2")),
+            &up,
+            Carrier::H1,
+        );
         assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(all(&res, "upgrade"), ["websocket"]);
         assert_eq!(all(&res, "connection"), ["Upgrade"]);
@@ -453,11 +456,11 @@ mod tests {
     #[test]
     fn fallback_success_has_no_protocol() {
         let up = upstream_101(&[("Upgrade", "websocket"), ("Connection", "Upgrade")]);
-        for is_h2 in [false, true] {
-            let res = client_success(&negotiated(Some(SAMPLE_KEY), None), &up, is_h2);
+        for carrier in [Carrier::H1, Carrier::H2] {
+            let res = client_success(&negotiated(Some(SAMPLE_KEY), None), &up, carrier);
             assert!(
                 !res.headers().contains_key("sec-websocket-protocol"),
-                "h2={is_h2}"
+                "{carrier:?}"
             );
         }
     }
@@ -473,7 +476,7 @@ mod tests {
             ("Sec-WebSocket-Extensions", "permessage-deflate"),
             ("Transfer-Encoding", "chunked"),
         ]);
-        let res = client_success(&negotiated(None, Some("mqtt")), &up, true);
+        let res = client_success(&negotiated(None, Some("mqtt")), &up, Carrier::H2);
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(all(&res, "sec-websocket-protocol"), ["mqtt"]);
         assert_eq!(
@@ -495,12 +498,12 @@ mod tests {
     #[test]
     fn other_success() {
         let up = upstream_101(&[("Upgrade", "tcp"), ("Connection", "Upgrade"), ("X-Up", "1")]);
-        let res = client_success_other("tcp", &up, false);
+        let res = client_success_other("tcp", &up, Carrier::H1);
         assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(all(&res, "upgrade"), ["tcp"]);
         assert_eq!(all(&res, "connection"), ["Upgrade"]);
         assert_eq!(all(&res, "x-up"), ["1"]);
-        let res = client_success_other("tcp", &up, true);
+        let res = client_success_other("tcp", &up, Carrier::H2);
         assert_eq!(res.status(), StatusCode::OK);
         assert!(
             !res.headers().contains_key("upgrade") && !res.headers().contains_key("connection")

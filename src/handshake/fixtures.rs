@@ -8,7 +8,7 @@ use super::{Kind, check_other_upgrade, classify, negotiate, request_host};
 use crate::config::{
     HostPattern, RouteConfig, Select, SubprotocolRoute, UpgradeRoute, WebSocketConfig,
 };
-use crate::error::Reject;
+use crate::error::{Carrier, Reject};
 use crate::route::RouteTable;
 
 /// RFC 6455 §1.3's sample key.
@@ -104,7 +104,7 @@ pub(crate) struct Req {
     path: String,
     version: Version,
     headers: Vec<(String, String)>,
-    is_h2: bool,
+    carrier: Carrier,
     pub(crate) routes: Vec<RouteConfig>,
 }
 
@@ -126,7 +126,7 @@ impl Req {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect(),
-            is_h2: false,
+            carrier: Carrier::H1,
             routes: std_routes(),
         }
     }
@@ -180,7 +180,7 @@ impl Req {
     /// Carry it as RFC 8441 extended CONNECT (an upgrade) or a plain h2 request: Host becomes
     /// `:authority`, connection-specific headers go, `Upgrade` becomes `:protocol`.
     pub(crate) fn h2(mut self) -> Self {
-        self.is_h2 = true;
+        self.carrier = Carrier::H2;
         self
     }
 
@@ -188,7 +188,7 @@ impl Req {
     pub(crate) fn parts(&self) -> (Parts, Option<String>) {
         let mut b = http::Request::builder().version(self.version);
         let mut protocol = None;
-        if self.is_h2 {
+        if self.carrier.extended_connect() {
             let host = self
                 .headers
                 .iter()
@@ -227,22 +227,22 @@ impl Req {
 /// The I/O layer's call sequence up to choosing the upstream: (upstream, selected subprotocol).
 pub(crate) fn run(req: &Req, ws: &WebSocketConfig) -> Result<(String, Option<String>), Reject> {
     let (parts, protocol) = req.parts();
-    let host = request_host(&parts, req.is_h2)?;
+    let host = request_host(&parts, req.carrier)?;
     let table = RouteTable::new(&req.routes);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let route = table.find(host, target).ok_or(Reject::NoRoute)?;
-    match classify(&parts, route, req.is_h2, protocol.as_deref())? {
+    match classify(&parts, route, req.carrier, protocol.as_deref())? {
         Kind::Plain => route
             .http
             .clone()
             .map(|u| (u, None))
             .ok_or(Reject::UpgradeRequired),
         Kind::WebSocket => {
-            let n = negotiate(&parts, route, ws, req.is_h2)?;
+            let n = negotiate(&parts, route, ws, req.carrier)?;
             Ok((n.upstream, n.subprotocol))
         }
         Kind::Other { upstream, .. } => {
-            check_other_upgrade(&parts, req.is_h2)?;
+            check_other_upgrade(&parts, req.carrier)?;
             Ok((upstream, None))
         }
     }

@@ -6,10 +6,16 @@
 //! 1. [`request_host`] — the host to route on (400 without `Host`);
 //! 2. [`crate::route::RouteTable::find`] — 404 on `None`;
 //! 3. [`classify`] — ordinary request, WebSocket, or another configured `Upgrade` token;
-//! 4. [`negotiate`] (WebSocket) or [`check_other_upgrade`] (other tokens) — the rest of §3;
-//! 5. [`upstream_request`] / [`forward_headers`] — what goes upstream (§4);
-//! 6. [`check_upstream_101`] / [`check_upstream_other_101`] — the upstream's answer (§4);
-//! 7. [`client_success`] / [`client_success_other`] — the 101 (h1) or 200 (h2) to the client.
+//! 4. [`Upgrade::check`]: [`negotiate`] (WebSocket) or [`check_other_upgrade`] (other tokens),
+//!    the rest of §3;
+//! 5. [`Upgrade::upstream_request`] ([`upstream_request`]) / [`forward_headers`] — what goes
+//!    upstream (§4);
+//! 6. [`Upgrade::check_upstream`] ([`check_upstream_101`] / [`check_upstream_other_101`]) — the
+//!    upstream's answer (§4);
+//! 7. [`Upgrade::client_success`] — the 101 (HTTP/1.1) or 200 (extended CONNECT) to the client.
+//!
+//! Where the carrier matters (HTTP/1.1 `GET` + `Upgrade` or an extended CONNECT), the rules ask
+//! [`Carrier`], never a version flag.
 //!
 //! This module owns the protocol decisions and must not do I/O: it imports `http`, `base64`
 //! and `sha1`, never `tokio` or `hyper`. Randomness (h2's fresh key) comes from the caller.
@@ -32,20 +38,21 @@ use http::header::{CONNECTION, HOST, UPGRADE};
 use http::request::Parts;
 use http::{Method, Version};
 
-use crate::config::RouteConfig;
-use crate::error::Reject;
+use crate::config::{RouteConfig, WebSocketConfig};
+use crate::error::{Carrier, Reject};
 
 /// Step 1: the host a request is routed on.
 ///
-/// h2: the `:authority` (RFC 9113 §8.3.1), else a `Host` header. HTTP/1.x: RFC 9112 §3.2 "A
+/// Extended CONNECT (h2): the `:authority` (RFC 9113 §8.3.1), else a `Host` header. HTTP/1.x: RFC 9112 §3.2 "A
 /// server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1 request message that
 /// lacks a Host header field and to any request message that contains more than one Host header
 /// field line or a Host header field with an invalid field value" — so exactly one non-empty
 /// `Host`, else [`Reject::MissingHost`]. With an absolute-form target the target's authority
 /// wins (RFC 9112 §3.2.2). HTTP/1.0 may omit `Host`: it is routed on `""` (only `*` routes
 /// match), so it ends in a 404, the plain-request branch, or the version row's 400.
-pub fn request_host(parts: &Parts, is_h2: bool) -> Result<&str, Reject> {
-    if is_h2 {
+pub fn request_host(parts: &Parts, carrier: Carrier) -> Result<&str, Reject> {
+    let connect = carrier.extended_connect();
+    if connect {
         if let Some(authority) = parts.uri.authority() {
             return Ok(authority.as_str());
         }
@@ -53,14 +60,14 @@ pub fn request_host(parts: &Parts, is_h2: bool) -> Result<&str, Reject> {
     let mut lines = parts.headers.get_all(HOST).iter();
     let host = match (lines.next(), lines.next()) {
         (Some(one), None) => one.to_str().map_err(|_| Reject::MissingHost)?,
-        (None, _) if !is_h2 && parts.version < Version::HTTP_11 => return Ok(""),
+        (None, _) if !connect && parts.version < Version::HTTP_11 => return Ok(""),
         _ => return Err(Reject::MissingHost),
     };
     if host.is_empty() {
         return Err(Reject::MissingHost);
     }
     match parts.uri.authority() {
-        Some(authority) if !is_h2 => Ok(authority.as_str()),
+        Some(authority) if !connect => Ok(authority.as_str()),
         _ => Ok(host),
     }
 }
@@ -83,15 +90,15 @@ pub enum Kind {
 ///
 /// HTTP/1.x: RFC 9110 §7.8, the `Upgrade` list in client preference order; the first protocol
 /// that is `websocket` or one of `route.upgrades` wins. `protocol` is ignored.
-/// h2 (`is_h2`): RFC 8441 §4, extended CONNECT; `protocol` is the `:protocol` pseudo-header.
+/// Extended CONNECT carriers (h2, RFC 8441 §4): `protocol` is the `:protocol` pseudo-header.
 pub fn classify(
     parts: &Parts,
     route: &RouteConfig,
-    is_h2: bool,
+    carrier: Carrier,
     protocol: Option<&str>,
 ) -> Result<Kind, Reject> {
-    if is_h2 {
-        return classify_h2(parts, route, protocol);
+    if carrier.extended_connect() {
+        return classify_connect(parts, route, protocol);
     }
     let mut offered = tokens::elements(&parts.headers, UPGRADE).peekable();
     // An `Upgrade` header without any protocol asks for nothing.
@@ -129,7 +136,11 @@ pub fn classify(
     }
 }
 
-fn classify_h2(parts: &Parts, route: &RouteConfig, protocol: Option<&str>) -> Result<Kind, Reject> {
+fn classify_connect(
+    parts: &Parts,
+    route: &RouteConfig,
+    protocol: Option<&str>,
+) -> Result<Kind, Reject> {
     let connect = parts.method == Method::CONNECT;
     match protocol {
         // RFC 8441 §4: "A :protocol pseudo-header field MUST NOT be included in a request
@@ -149,6 +160,93 @@ fn classify_h2(parts: &Parts, route: &RouteConfig, protocol: Option<&str>) -> Re
             }),
             None => Err(Reject::UnsupportedUpgrade),
         },
+    }
+}
+
+/// Step 4's result: an upgrade that passed every client-side row, holding what steps 5 to 7
+/// need, so the I/O layer runs one path for WebSockets and other tokens alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upgrade {
+    /// A WebSocket handshake; `key` is the one sent upstream: the client's (HTTP/1.1) or, where
+    /// the carrier has no key exchange (RFC 8441 §5), a fresh one.
+    WebSocket { negotiated: Negotiated, key: String },
+    /// A configured non-WebSocket token, tunnelled as-is to `upstream`.
+    Other { token: String, upstream: String },
+}
+
+impl Upgrade {
+    /// Step 4 for `kind` (not [`Kind::Plain`], which is no upgrade: `None`). `fresh_key` is the
+    /// caller's randomness for carriers without a key exchange.
+    pub fn check(
+        parts: &Parts,
+        route: &RouteConfig,
+        ws: &WebSocketConfig,
+        carrier: Carrier,
+        kind: Kind,
+        fresh_key: [u8; 16],
+    ) -> Option<Result<Upgrade, Reject>> {
+        Some(match kind {
+            Kind::Plain => return None,
+            Kind::WebSocket => negotiate(parts, route, ws, carrier).map(|negotiated| {
+                let key = negotiated
+                    .client_key
+                    .clone()
+                    .unwrap_or_else(|| key_from_bytes(fresh_key));
+                Upgrade::WebSocket { negotiated, key }
+            }),
+            Kind::Other { token, upstream } => {
+                check_other_upgrade(parts, carrier).map(|()| Upgrade::Other { token, upstream })
+            }
+        })
+    }
+
+    /// The upstream this upgrade goes to.
+    pub fn upstream(&self) -> &str {
+        match self {
+            Upgrade::WebSocket { negotiated, .. } => &negotiated.upstream,
+            Upgrade::Other { upstream, .. } => upstream,
+        }
+    }
+
+    /// The selected subprotocol, for the access log and metrics.
+    pub fn subprotocol(&self) -> Option<&str> {
+        match self {
+            Upgrade::WebSocket { negotiated, .. } => negotiated.subprotocol.as_deref(),
+            Upgrade::Other { .. } => None,
+        }
+    }
+
+    /// Step 5: the request head sent upstream.
+    pub fn upstream_request(&self, parts: &Parts, fwd: &ForwardInfo<'_>) -> http::Request<()> {
+        let upgrade = match self {
+            Upgrade::WebSocket { negotiated, key } => {
+                UpstreamUpgrade::WebSocket { negotiated, key }
+            }
+            Upgrade::Other { token, .. } => UpstreamUpgrade::Other { token },
+        };
+        upstream_request(parts, upgrade, fwd)
+    }
+
+    /// Step 6: the upstream's 101 must be the answer to what step 5 asked.
+    pub fn check_upstream(&self, head: &http::response::Parts) -> Result<(), Reject> {
+        match self {
+            Upgrade::WebSocket { negotiated, key } => {
+                check_upstream_101(head, key, negotiated.subprotocol.as_deref())
+            }
+            Upgrade::Other { token, .. } => check_upstream_other_101(head, token),
+        }
+    }
+
+    /// Step 7: the client's answer on `carrier`, from the checked 101.
+    pub fn client_success(
+        &self,
+        head: &http::response::Parts,
+        carrier: Carrier,
+    ) -> http::Response<()> {
+        match self {
+            Upgrade::WebSocket { negotiated, .. } => client_success(negotiated, head, carrier),
+            Upgrade::Other { token, .. } => client_success_other(token, head, carrier),
+        }
     }
 }
 
@@ -181,7 +279,11 @@ mod tests {
             (Version::HTTP_2, None, &[], Err(Reject::MissingHost)),
         ];
         for (version, authority, hosts, want) in rows {
-            let is_h2 = *version == Version::HTTP_2;
+            let carrier = if *version == Version::HTTP_2 {
+                Carrier::H2
+            } else {
+                Carrier::H1
+            };
             let uri = match authority {
                 Some(a) => format!("https://{a}/ws"),
                 None => "/ws".to_string(),
@@ -192,7 +294,7 @@ mod tests {
             }
             let (parts, ()) = b.body(()).unwrap().into_parts();
             assert_eq!(
-                request_host(&parts, is_h2),
+                request_host(&parts, carrier),
                 *want,
                 "{version:?} {authority:?} {hosts:?}"
             );
@@ -207,7 +309,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        assert_eq!(request_host(&parts, false), Ok("target.example"));
+        assert_eq!(request_host(&parts, Carrier::H1), Ok("target.example"));
     }
 
     #[test]
@@ -318,7 +420,7 @@ mod tests {
             }
             let (parts, ()) = b.body(()).unwrap().into_parts();
             assert_eq!(
-                classify(&parts, route, false, None),
+                classify(&parts, route, Carrier::H1, None),
                 *want,
                 "{} Upgrade {upgrade:?} Connection {connection:?}",
                 route.path
@@ -337,7 +439,7 @@ mod tests {
             .unwrap()
             .into_parts();
         assert_eq!(
-            classify(&parts, &std_route("/ws"), false, None),
+            classify(&parts, &std_route("/ws"), Carrier::H1, None),
             Ok(Kind::WebSocket)
         );
     }
@@ -365,7 +467,7 @@ mod tests {
                 .unwrap()
                 .into_parts();
             assert_eq!(
-                classify(&parts, &raw, true, *protocol),
+                classify(&parts, &raw, Carrier::H2, *protocol),
                 *want,
                 "{method} {protocol:?}"
             );
@@ -443,7 +545,7 @@ mod tests {
             let err = run(&req, &std_ws_config()).expect_err(name);
             assert_eq!(err.status(), status, "{name}: {err:?}");
             // Every one of these is answered with Connection: close and a reason (SPEC §3).
-            let res = err.response(Carrier::Http1);
+            let res = err.response(Carrier::H1);
             assert!(!res.body().is_empty(), "{name}");
             assert!(
                 res.headers()[CONNECTION]
@@ -570,9 +672,9 @@ mod tests {
             ("/fb", &[" , "], None, "fb"),
         ];
         for (path, offers, selected, upstream) in rows {
-            for is_h2 in [false, true] {
+            for carrier in [Carrier::H1, Carrier::H2] {
                 let mut req = Req::ws(path).drop("Sec-WebSocket-Protocol");
-                if is_h2 {
+                if carrier.extended_connect() {
                     req = req.h2();
                 }
                 for o in *offers {
@@ -581,7 +683,7 @@ mod tests {
                 assert_eq!(
                     run(&req, &std_ws_config()),
                     Ok((upstream.to_string(), selected.map(String::from))),
-                    "{path} {offers:?} h2={is_h2}"
+                    "{path} {offers:?} {carrier:?}"
                 );
             }
         }

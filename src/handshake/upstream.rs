@@ -311,6 +311,7 @@ mod tests {
     use super::super::fixtures::*;
     use super::super::{key_from_bytes, negotiate};
     use super::*;
+    use crate::error::Carrier;
 
     fn fwd(client: &str, tls: bool, host: &'static str) -> ForwardInfo<'static> {
         ForwardInfo {
@@ -346,7 +347,7 @@ mod tests {
                 "permessage-deflate; client_max_window_bits",
             );
         let (parts, _) = req.parts();
-        let n = negotiate(&parts, &std_route("/ws"), &std_ws_config(), false).unwrap();
+        let n = negotiate(&parts, &std_route("/ws"), &std_ws_config(), Carrier::H1).unwrap();
         let up = upstream_request(
             &parts,
             UpstreamUpgrade::WebSocket {
@@ -487,7 +488,7 @@ mod tests {
             .set("Sec-WebSocket-Protocol", "mqtt");
         let (parts, _) = req.parts();
         assert_eq!(parts.method, Method::CONNECT);
-        let n = negotiate(&parts, &std_route("/ws"), &std_ws_config(), true).unwrap();
+        let n = negotiate(&parts, &std_route("/ws"), &std_ws_config(), Carrier::H2).unwrap();
         let fresh = key_from_bytes([7; 16]);
         let up = upstream_request(
             &parts,
@@ -519,7 +520,7 @@ mod tests {
             .add("Origin", "http://ignored.example")
             .add("Sec-WebSocket-Origin", "http://origin.example");
         let (parts, _) = req.parts();
-        let n = negotiate(&parts, &std_route("/fb"), &std_ws_config(), false).unwrap();
+        let n = negotiate(&parts, &std_route("/fb"), &std_ws_config(), Carrier::H1).unwrap();
         assert_eq!(
             (n.subprotocol.as_deref(), n.upstream.as_str()),
             (None, "fb")

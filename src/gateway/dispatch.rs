@@ -1,0 +1,121 @@
+//! The carrier-neutral request path: route, the §3 checks, subprotocol choice, upstream choice,
+//! the upstream upgrade and its checked 101, returning a typed [`Outcome`]. It never sees a
+//! carrier's request or response types, only `http` parts and [`Carrier`], so every front
+//! (hyper's HTTP/1.1 and h2 today) runs the same code.
+//!
+//! Invariants (README.md, "How a request flows"): no byte reaches an upstream before the route
+//! and the upstream are chosen; a non-101 upstream answer never becomes a tunnel.
+
+use http::header::CONNECTION;
+use http::request::Parts;
+use http::{HeaderValue, Response};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+
+use super::Conn;
+use crate::access::AccessRecord;
+use crate::error::Reject;
+use crate::handshake::{self, ForwardInfo, Upgrade};
+use crate::upstream::{Answer, ServerLease};
+
+/// What a request became, for its front to answer.
+pub(crate) enum Outcome {
+    /// An ordinary request for the route's `http` upstream `upstream`: the front forwards it
+    /// with its body (not a handshake).
+    Plain { upstream: String, host: String },
+    /// The upstream switched and its 101 passed: answer `response`, then tunnel.
+    Switched(Switched),
+    /// The upstream refused the upgrade: its answer, made safe to relay. The client connection
+    /// is never tunnelled after it (SPEC §4).
+    Refused(Response<Incoming>),
+}
+
+/// A handshake that succeeded on both hops.
+pub(crate) struct Switched {
+    /// The client's answer: 101 on HTTP/1.1, 200 on an extended CONNECT.
+    pub(crate) response: Response<()>,
+    /// The upstream connection, past its 101 head.
+    pub(crate) upstream: Upgraded,
+    /// The server's share of the tunnel, held while it runs.
+    pub(crate) lease: ServerLease,
+}
+
+impl Conn {
+    /// Routes and handshakes one request; `protocol` is the extended CONNECT's `:protocol`.
+    /// Fills `rec` as it learns the host, route, subprotocol and upstream.
+    pub(crate) async fn dispatch(
+        &self,
+        parts: &Parts,
+        protocol: Option<&str>,
+        rec: &mut AccessRecord,
+    ) -> Result<Outcome, Reject> {
+        let carrier = self.carrier;
+        let host = handshake::request_host(parts, carrier)?.to_owned();
+        rec.host.clone_from(&host);
+        let route = self
+            .runtime
+            .routes
+            .find(&host, &rec.path)
+            .ok_or(Reject::NoRoute)?;
+        rec.route = Some(route.path.clone());
+        let kind = handshake::classify(parts, route, carrier, protocol)?;
+        let ws = &self.runtime.config.websocket;
+        let Some(upgrade) = Upgrade::check(parts, route, ws, carrier, kind, rand::random()) else {
+            let upstream = route.http.clone().ok_or(Reject::UpgradeRequired)?;
+            rec.upstream = Some(upstream.clone());
+            return Ok(Outcome::Plain { upstream, host });
+        };
+        let upgrade = upgrade?;
+        if let Upgrade::WebSocket { negotiated, .. } = &upgrade {
+            rec.ws_version = Some(negotiated.ws_version);
+        }
+        rec.subprotocol = upgrade.subprotocol().map(str::to_owned);
+        rec.upstream = Some(upgrade.upstream().to_owned());
+        let fwd = ForwardInfo {
+            client: self.client,
+            tls: self.tls,
+            host: &host,
+        };
+        let request = upgrade.upstream_request(parts, &fwd);
+        let pool = self
+            .runtime
+            .upstreams
+            .get(upgrade.upstream())
+            .ok_or(Reject::UpstreamUnreachable)?;
+        let answer = self
+            .runtime
+            .upstreams
+            .upgrade(pool, request, self.addrs())
+            .await?;
+        let (head, upstream, lease) = match answer {
+            Answer::Switched { head, io, lease } => (head, io, lease),
+            Answer::Refused(response) => return self.refused(response).map(Outcome::Refused),
+        };
+        upgrade.check_upstream(&head)?;
+        Ok(Outcome::Switched(Switched {
+            response: upgrade.client_success(&head, carrier),
+            upstream,
+            lease,
+        }))
+    }
+
+    /// A non-101 upstream answer, made safe to relay: hop-by-hop fields dropped and, where the
+    /// carrier can say so, the client connection closed after it.
+    fn refused(&self, response: Response<Incoming>) -> Result<Response<Incoming>, Reject> {
+        if self.carrier.extended_connect() && response.status().is_success() {
+            // RFC 8441 §5 / RFC 9113 §8.5: a 2xx on a CONNECT stream means "tunnel open", so
+            // relaying an upstream's non-101 2xx would tell the client its WebSocket is up.
+            return Err(Reject::UpstreamBadHandshake(format!(
+                "upstream answered {} instead of 101",
+                response.status()
+            )));
+        }
+        let (mut head, body) = response.into_parts();
+        handshake::strip_hop_by_hop(&mut head.headers);
+        if !self.carrier.extended_connect() {
+            head.headers
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(Response::from_parts(head, body))
+    }
+}

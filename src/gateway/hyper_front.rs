@@ -1,0 +1,128 @@
+//! The front for hyper's HTTP/1.1 and h2 connections: turns a `Request<Incoming>` into a
+//! [`Conn::dispatch`] call and its [`Outcome`] into a hyper response, hands the client stream
+//! to the tunnel once hyper upgrades it, and forwards ordinary requests with their bodies.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::dispatch::Outcome;
+use super::{Conn, ProxyBody};
+use crate::access::AccessRecord;
+use crate::error::Reject;
+use crate::handshake::{self, ForwardInfo};
+use crate::upstream;
+
+impl Conn {
+    /// The hyper service: never fails, every problem is an HTTP answer.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let version = match req.version() {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        };
+        let mut rec = AccessRecord::new(self.client, version);
+        let (mut parts, body) = req.into_parts();
+        rec.path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let protocol = parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .map(|p| p.as_str().to_owned());
+        let response = match self.dispatch(&parts, protocol.as_deref(), &mut rec).await {
+            Ok(Outcome::Plain { upstream, host }) => {
+                let fwd = ForwardInfo {
+                    client: self.client,
+                    tls: self.tls,
+                    host: &host,
+                };
+                return Ok(self.proxy_plain(&parts, body, &upstream, &fwd).await);
+            }
+            Ok(Outcome::Refused(response)) => response.map(BodyExt::boxed),
+            Ok(Outcome::Switched(switched)) => {
+                let response = switched.response.map(|()| empty());
+                match parts.extensions.remove::<OnUpgrade>() {
+                    Some(client) => {
+                        self.open_tunnel(client, switched.upstream, switched.lease, &rec)
+                    }
+                    None => tracing::error!("upgrade request without hyper's upgrade handle"),
+                }
+                response
+            }
+            Err(reject) => {
+                // HTTP/1 closes the connection after a failure, so an unread body is drained
+                // first (an unread body would turn the close into a reset that can destroy the
+                // answer in flight); h2 just resets this stream after the answer (RFC 9113
+                // §8.1), the rest lives on.
+                if !self.carrier.extended_connect() {
+                    drain_small_body(body).await;
+                }
+                rejected(&reject, &self)
+            }
+        };
+        let status = response.status().as_u16();
+        self.gateway.metrics.handshake(rec.route_label(), status);
+        rec.log_handshake(status);
+        Ok(response)
+    }
+
+    /// Reverse-proxies an ordinary request to the `http` upstream `name`: the pool picks the
+    /// server (with failover), the keep-alive client reuses connections, both bodies stream.
+    async fn proxy_plain(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        name: &str,
+        fwd: &ForwardInfo<'_>,
+    ) -> Response<ProxyBody> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        // The authority only keys the client's connection pool; the pool's connector picks the
+        // server and the upstream sees the origin form (RFC 9112 §3.2.1).
+        let Ok(uri) = format!("http://{}{path}", upstream::HTTP_AUTHORITY).parse::<Uri>() else {
+            return rejected(&Reject::MalformedHead, self);
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        // Host, X-Forwarded-* and Forwarded come from `fwd`; hop-by-hop headers are dropped.
+        *request.headers_mut() = handshake::forward_headers(&parts.headers, fwd);
+        match self.runtime.upstreams.forward(name, request).await {
+            Err(reject) => rejected(&reject, self),
+            Ok(response) => {
+                let (mut head, body) = response.into_parts();
+                handshake::strip_hop_by_hop(&mut head.headers);
+                Response::from_parts(head, body.boxed())
+            }
+        }
+    }
+}
+
+/// The gateway's own answer for `reject` on this connection's carrier.
+fn rejected(reject: &Reject, conn: &Conn) -> Response<ProxyBody> {
+    reject
+        .response(conn.carrier)
+        .map(|b| Full::new(b).map_err(|e| match e {}).boxed())
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// Reads and discards a failed request's body (bounded) so the close that follows is clean.
+async fn drain_small_body(body: Incoming) {
+    const MAX: usize = 64 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(1), Limited::new(body, MAX).collect()).await;
+}

@@ -1,0 +1,128 @@
+//! The request path after the head is parsed, split by what varies:
+//!
+//! - `dispatch`: the carrier-neutral step (route, §3 checks, subprotocol, upstream choice,
+//!   upstream upgrade, checked 101) returning a typed outcome;
+//! - `hyper_front`: the front for hyper's HTTP/1.1 and h2 connections, turning their requests
+//!   into a dispatch and its outcome into a response;
+//! - `tunnels`: the task that runs and logs the tunnel of a switched handshake.
+//!
+//! This module holds what they share: the configuration generation ([`Runtime`]), the
+//! process-wide [`Gateway`], and one client connection ([`Conn`]). Every failure is answered
+//! through `Reject::response`.
+
+mod dispatch;
+mod hyper_front;
+mod tunnels;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+
+use crate::config::Config;
+use crate::error::Carrier;
+use crate::limits::{ConnLimiter, ConnPermit};
+use crate::metrics::Metrics;
+use crate::proxy_protocol::ProxiedAddrs;
+use crate::route::RouteTable;
+use crate::shutdown::Shutdown;
+use crate::upstream::{self, Upstreams};
+
+/// Body of every response the gateway sends: its own answers, and relayed upstream bodies.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Everything built from one configuration; replaced as a whole on reload, while connections
+/// keep the generation they started with.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub upstreams: Upstreams,
+}
+
+impl Runtime {
+    /// Builds the routing table and upstream pools of `config`; the pools' per-server series
+    /// live in `metrics` (the process-wide registry, so they survive reloads).
+    pub fn new(config: Config, metrics: &Metrics) -> Result<Self, upstream::PoolError> {
+        Ok(Runtime {
+            routes: RouteTable::new(&config.routes),
+            upstreams: Upstreams::new(&config, metrics)?,
+            config,
+        })
+    }
+}
+
+/// Process-wide state shared by every listener and connection.
+#[derive(Debug)]
+pub struct Gateway {
+    runtime: RwLock<Arc<Runtime>>,
+    pub metrics: Metrics,
+    pub limiter: Arc<ConnLimiter>,
+    pub shutdown: Shutdown,
+}
+
+impl Gateway {
+    /// A gateway running `runtime` (built with `metrics`); starts its health checks, so it must
+    /// be called inside the tokio runtime.
+    pub fn new(runtime: Runtime, metrics: Metrics) -> Arc<Self> {
+        let shutdown = Shutdown::default();
+        runtime.upstreams.start_health_checks(&shutdown);
+        Arc::new(Gateway {
+            runtime: RwLock::new(Arc::new(runtime)),
+            metrics,
+            limiter: Arc::default(),
+            shutdown,
+        })
+    }
+
+    /// The configuration generation new connections use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        Arc::clone(&self.runtime.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Makes `runtime` the generation for new connections; open connections and tunnels keep theirs.
+    /// Health checks move to the new generation (the old one's stop), and the series of servers
+    /// the new configuration no longer lists are dropped from `/metrics`.
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        runtime.upstreams.start_health_checks(&self.shutdown);
+        let kept = runtime.upstreams.server_labels();
+        let old = std::mem::replace(
+            &mut *self.runtime.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(runtime),
+        );
+        old.upstreams.stop_health_checks();
+        for (upstream, server) in old.upstreams.server_labels() {
+            if !kept.contains(&(upstream.clone(), server.clone())) {
+                self.metrics.forget_upstream_server(&upstream, &server);
+            }
+        }
+    }
+}
+
+/// One client connection: what every request on it shares.
+#[derive(Debug)]
+pub struct Conn {
+    pub gateway: Arc<Gateway>,
+    pub runtime: Arc<Runtime>,
+    /// The client: the socket's peer, or the PROXY header's source (SPEC §7).
+    pub client: SocketAddr,
+    /// The address the client connected to: the listener socket's, or the PROXY header's
+    /// destination. Sent on as the destination of an upstream's `send_proxy_protocol` header.
+    pub local: SocketAddr,
+    pub tls: bool,
+    /// How this connection's requests arrive; the handshake rules that differ by carrier ask it.
+    pub carrier: Carrier,
+    /// Shared with the tunnels this connection opens, so the connection slot lives as long as they do.
+    pub permit: Arc<ConnPermit>,
+}
+
+impl Conn {
+    /// Both ends of the client connection, for an upstream's PROXY header.
+    fn addrs(&self) -> ProxiedAddrs {
+        ProxiedAddrs {
+            source: self.client,
+            destination: self.local,
+        }
+    }
+}
