@@ -2,14 +2,17 @@
 //! HTTP/1.1 or h2. Each connection runs in its own task inside a span naming the client.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::Response;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -24,6 +27,7 @@ use crate::gateway::{Conn, Gateway, ProxyBody};
 use crate::head::{self, HeadError};
 use crate::io::Rewind;
 use crate::proxy_protocol::{self, ProxiedAddrs};
+use crate::shutdown::Shutdown;
 
 /// Binds `addr`; the error names the address and the OS error (exit code 1 in `main`).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -218,14 +222,7 @@ where
     let connection = builder
         .serve_connection(TokioIo::new(Rewind::new(head, io)), service)
         .with_upgrades();
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => log_connection_end(result),
-        () = shutdown.draining() => {
-            connection.as_mut().graceful_shutdown();
-            log_connection_end(connection.await);
-        }
-    }
+    serve_until_drained(connection, &shutdown).await;
 }
 
 /// Initial per-stream receive window (RFC 9113 §6.9.2): what one tunnel's client may send ahead
@@ -272,6 +269,45 @@ where
     let shutdown = conn.gateway.shutdown.clone();
     let service = service_fn(move |req| Arc::clone(&conn).handle(req));
     let connection = builder.serve_connection(TokioIo::new(io), service);
+    serve_until_drained(connection, &shutdown).await;
+}
+
+/// A hyper server connection that a drain can ask to finish gracefully (hyper has no common
+/// trait for its HTTP/1.1-with-upgrades and h2 connections).
+trait GracefulConnection: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B, E> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Serves `connection` to its end; once a drain begins, lets it finish its requests in flight
+/// and close (HTTP/1.1: after the current response; h2: GOAWAY, RFC 9113 §6.8).
+async fn serve_until_drained<C: GracefulConnection>(connection: C, shutdown: &Shutdown) {
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => log_connection_end(result),
