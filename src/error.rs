@@ -56,9 +56,10 @@ pub enum Reject {
     UpstreamUnreachable,
     #[error("upstream timed out")]
     UpstreamTimeout,
-    /// The upstream answered 101 but not the handshake we asked for.
+    /// The upstream's answer cannot become a tunnel: not the handshake we asked for, or no
+    /// usable answer at all.
     #[error("upstream handshake invalid: {0}")]
-    UpstreamBadHandshake(String),
+    UpstreamBadHandshake(crate::handshake::UpstreamFault),
 }
 
 /// How the answer will be carried: HTTP/1.x may say `Connection: close`, h2 must not (RFC 9113 §8.2.2).

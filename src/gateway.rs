@@ -302,18 +302,17 @@ impl Conn {
         match self
             .runtime
             .upstreams
-            .upgrade(pool, request, self.addrs())
+            .upgrade(pool, request, self.addrs(), None)
             .await?
         {
             Answer::Switched { head, io, lease } => Ok(Ok((head, io, lease))),
             // RFC 8441 §5 / RFC 9113 §8.5: a 2xx on an h2 CONNECT stream means "tunnel open",
             // so relaying an upstream's non-101 2xx would tell the client its WebSocket is up.
-            Answer::Refused(response) if self.is_h2() && response.status().is_success() => {
-                Err(Reject::UpstreamBadHandshake(format!(
-                    "upstream answered {} instead of 101",
-                    response.status()
-                )))
-            }
+            Answer::Refused(response) if self.is_h2() && response.status().is_success() => Err(
+                Reject::UpstreamBadHandshake(handshake::UpstreamFault::SuccessInsteadOf101 {
+                    status: response.status(),
+                }),
+            ),
             Answer::Refused(response) => {
                 let (mut head, body) = response.into_parts();
                 handshake::strip_hop_by_hop(&mut head.headers);

@@ -24,8 +24,8 @@ pub use client::{
 };
 pub use key::{accept_key, key_from_bytes};
 pub use upstream::{
-    ForwardInfo, UpstreamUpgrade, check_upstream_101, check_upstream_other_101, forward_headers,
-    strip_hop_by_hop, upstream_request,
+    ForwardInfo, UpstreamFault, UpstreamUpgrade, check_upstream_101, check_upstream_other_101,
+    forward_headers, strip_hop_by_hop, upstream_request,
 };
 
 use http::header::{CONNECTION, HOST, UPGRADE};
