@@ -56,9 +56,55 @@ pub enum Reject {
     UpstreamUnreachable,
     #[error("upstream timed out")]
     UpstreamTimeout,
-    /// The upstream answered 101 but not the handshake we asked for.
+    /// The upstream's answer cannot become a tunnel: not the handshake we asked for, or no
+    /// usable answer at all.
     #[error("upstream handshake invalid: {0}")]
-    UpstreamBadHandshake(String),
+    UpstreamBadHandshake(UpstreamFault),
+}
+
+/// Why the upstream's answer to our upgrade request cannot become a tunnel: one variant per
+/// RFC 6455 §4.1 client rule (and RFC 9110 rule, for other tokens) that the gateway checks,
+/// plus the transport faults of the upgrade client. `Display` is the reason in the 502 body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamFault {
+    /// §4.1 client step 1: the status is not 101.
+    #[error("status {} is not 101", .status.as_u16())]
+    NotSwitching { status: StatusCode },
+    /// §4.1 client step 2: `Upgrade` missing, repeated, or not `websocket`.
+    #[error("Upgrade is not websocket")]
+    UpgradeNotWebSocket,
+    /// RFC 9110 §15.2.2: `Upgrade` does not name the configured token we asked for.
+    #[error("Upgrade is not {token}")]
+    UpgradeNotToken { token: String },
+    /// §4.1 client step 3 (RFC 9110 §7.8 for other tokens): `Connection` lacks `upgrade`.
+    #[error("Connection does not list upgrade")]
+    ConnectionNotUpgrade,
+    /// §4.1 client step 4: no `Sec-WebSocket-Accept`.
+    #[error("Sec-WebSocket-Accept missing")]
+    AcceptMissing,
+    /// §4.1 client step 4: `Sec-WebSocket-Accept` repeated or not derived from our key.
+    #[error("Sec-WebSocket-Accept does not match our key")]
+    AcceptMismatch,
+    /// §4.1 client step 6, as the gateway applies it: we offered `selected` alone, and the
+    /// answer names none.
+    #[error("Sec-WebSocket-Protocol {selected} missing")]
+    SubprotocolMissing { selected: String },
+    /// §4.1 client step 6: the answer names a subprotocol other than the one we offered.
+    #[error("Sec-WebSocket-Protocol is not {selected}")]
+    SubprotocolOther { selected: String },
+    /// §4.1 client step 6: the answer names a subprotocol though we offered none.
+    #[error("Sec-WebSocket-Protocol sent though none was offered")]
+    SubprotocolNotOffered,
+    /// The upstream sent no parseable HTTP/1.1 response head (or closed before one).
+    #[error("no valid HTTP response")]
+    NoValidResponse,
+    /// The upstream answered 101 and the connection was gone before the tunnel got it.
+    #[error("connection lost after 101")]
+    LostAfter101,
+    /// h2 only (RFC 8441 §5, RFC 9113 §8.5): a 2xx on a CONNECT stream means "tunnel open", so a
+    /// non-101 2xx from the upstream is not relayed.
+    #[error("upstream answered {status} instead of 101")]
+    SuccessInsteadOf101 { status: StatusCode },
 }
 
 /// How a request reached the gateway. The few handshake rules that differ by carrier ask it

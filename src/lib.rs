@@ -24,7 +24,6 @@ pub mod error;
 pub mod gateway;
 pub mod handshake;
 pub mod head;
-pub mod health;
 pub mod io;
 pub mod limits;
 pub mod listener;

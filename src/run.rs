@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::gateway::{Gateway, Runtime};
 use crate::listener::BindError;
 use crate::metrics::Metrics;
-use crate::{health, upstream};
+use crate::upstream::{self, health};
 
 use listeners::Listeners;
 

@@ -14,7 +14,7 @@ use hyper::upgrade::Upgraded;
 
 use super::Conn;
 use crate::access::AccessRecord;
-use crate::error::Reject;
+use crate::error::{Reject, UpstreamFault};
 use crate::handshake::{self, ForwardInfo, Upgrade};
 use crate::upstream::{Answer, ServerLease};
 
@@ -85,7 +85,7 @@ impl Conn {
         let answer = self
             .runtime
             .upstreams
-            .upgrade(pool, request, self.addrs())
+            .upgrade(pool, request, self.addrs(), None)
             .await?;
         let (head, upstream, lease) = match answer {
             Answer::Switched { head, io, lease } => (head, io, lease),
@@ -105,10 +105,11 @@ impl Conn {
         if self.carrier.extended_connect() && response.status().is_success() {
             // RFC 8441 §5 / RFC 9113 §8.5: a 2xx on a CONNECT stream means "tunnel open", so
             // relaying an upstream's non-101 2xx would tell the client its WebSocket is up.
-            return Err(Reject::UpstreamBadHandshake(format!(
-                "upstream answered {} instead of 101",
-                response.status()
-            )));
+            return Err(Reject::UpstreamBadHandshake(
+                UpstreamFault::SuccessInsteadOf101 {
+                    status: response.status(),
+                },
+            ));
         }
         let (mut head, body) = response.into_parts();
         handshake::strip_hop_by_hop(&mut head.headers);

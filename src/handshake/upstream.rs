@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri,
 use super::client::{Negotiated, SEC_WEBSOCKET_ORIGIN};
 use super::key::accept_key;
 use super::tokens::{self, HopByHop};
-use crate::error::Reject;
+use crate::error::{Reject, UpstreamFault};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -227,25 +227,32 @@ pub fn check_upstream_101(
     key: &str,
     selected: Option<&str>,
 ) -> Result<(), Reject> {
+    websocket_101_fault(res, key, selected).map_err(Reject::UpstreamBadHandshake)
+}
+
+fn websocket_101_fault(
+    res: &http::response::Parts,
+    key: &str,
+    selected: Option<&str>,
+) -> Result<(), UpstreamFault> {
     let h = &res.headers;
-    let bad = |why: String| Err(Reject::UpstreamBadHandshake(why));
     // RFC 6455 §4.1 client step 1: "If the status code received from the server is not 101,
     // the client handles the response per HTTP procedures."
     if res.status != StatusCode::SWITCHING_PROTOCOLS {
-        return bad(format!("status {} is not 101", res.status.as_u16()));
+        return Err(UpstreamFault::NotSwitching { status: res.status });
     }
     // Step 2: "If the response lacks an |Upgrade| header field or the |Upgrade| header field
     // contains a value that is not an ASCII case-insensitive match for the value "websocket",
     // the client MUST _Fail the WebSocket Connection_."
     let upgrade: Vec<&[u8]> = tokens::elements(h, UPGRADE).collect();
     if upgrade.len() != 1 || !upgrade.iter().all(|u| u.eq_ignore_ascii_case(b"websocket")) {
-        return bad("Upgrade is not websocket".into());
+        return Err(UpstreamFault::UpgradeNotWebSocket);
     }
     // Step 3: "If the response lacks a |Connection| header field or the |Connection| header
     // field doesn't contain a token that is an ASCII case-insensitive match for the value
     // "Upgrade", the client MUST _Fail the WebSocket Connection_."
     if !tokens::lists_token(h, CONNECTION, "upgrade") {
-        return bad("Connection does not list upgrade".into());
+        return Err(UpstreamFault::ConnectionNotUpgrade);
     }
     // Step 4: "If the response lacks a |Sec-WebSocket-Accept| header field or the
     // |Sec-WebSocket-Accept| contains a value other than the base64-encoded SHA-1 of the
@@ -256,8 +263,8 @@ pub fn check_upstream_101(
     let mut accepts = h.get_all(SEC_WEBSOCKET_ACCEPT).iter();
     match (accepts.next(), accepts.next()) {
         (Some(a), None) if tokens::trim_ows(a.as_bytes()) == expected.as_bytes() => {}
-        (None, _) => return bad("Sec-WebSocket-Accept missing".into()),
-        _ => return bad("Sec-WebSocket-Accept does not match our key".into()),
+        (None, _) => return Err(UpstreamFault::AcceptMissing),
+        _ => return Err(UpstreamFault::AcceptMismatch),
     }
     // Step 6: "If the response includes a |Sec-WebSocket-Protocol| header field and this
     // header field indicates the use of a subprotocol that was not present in the client's
@@ -266,40 +273,45 @@ pub fn check_upstream_101(
     // that one, and the client gets it once.
     let answered: Vec<&[u8]> = tokens::elements(h, SEC_WEBSOCKET_PROTOCOL).collect();
     match selected {
-        Some(s) if answered.is_empty() => bad(format!("Sec-WebSocket-Protocol {s} missing")),
+        Some(s) if answered.is_empty() => Err(UpstreamFault::SubprotocolMissing {
+            selected: s.to_owned(),
+        }),
         Some(s) if answered.iter().any(|a| *a != s.as_bytes()) => {
-            bad(format!("Sec-WebSocket-Protocol is not {s}"))
+            Err(UpstreamFault::SubprotocolOther {
+                selected: s.to_owned(),
+            })
         }
-        None if !answered.is_empty() => {
-            bad("Sec-WebSocket-Protocol sent though none was offered".into())
-        }
+        None if !answered.is_empty() => Err(UpstreamFault::SubprotocolNotOffered),
         Some(_) | None => Ok(()),
     }
 }
 
-/// Checks the upstream's 101 to a configured non-WebSocket upgrade: RFC 9110 §15.2.2, "The
-/// server MUST generate an Upgrade header field in the response that indicates which
-/// protocol(s) will be in effect" — it must be the token we asked for — and §7.8's
-/// `Connection: upgrade`.
+/// Checks the upstream's 101 to a configured non-WebSocket upgrade.
 pub fn check_upstream_other_101(res: &http::response::Parts, token: &str) -> Result<(), Reject> {
+    other_101_fault(res, token).map_err(Reject::UpstreamBadHandshake)
+}
+
+fn other_101_fault(res: &http::response::Parts, token: &str) -> Result<(), UpstreamFault> {
     let h = &res.headers;
+    // RFC 9110 §15.2.2: "The 101 (Switching Protocols) status code indicates that the server
+    // understands and is willing to comply with the client's request"; anything else is not
+    // the switch we asked for.
     if res.status != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(Reject::UpstreamBadHandshake(format!(
-            "status {} is not 101",
-            res.status.as_u16()
-        )));
+        return Err(UpstreamFault::NotSwitching { status: res.status });
     }
+    // RFC 9110 §15.2.2: "The server MUST generate an Upgrade header field in the response that
+    // indicates which protocol(s) will be in effect" — it must be the token we asked for.
     let name = tokens::protocol_name(token.as_bytes()).unwrap_or(token.as_bytes());
     let name = String::from_utf8_lossy(name);
     if !tokens::elements(h, UPGRADE).any(|u| tokens::protocol_matches(u, &name)) {
-        return Err(Reject::UpstreamBadHandshake(format!(
-            "Upgrade is not {token}"
-        )));
+        return Err(UpstreamFault::UpgradeNotToken {
+            token: token.to_owned(),
+        });
     }
+    // RFC 9110 §7.8: "A sender of Upgrade MUST also send an "Upgrade" connection option in the
+    // Connection header field".
     if !tokens::lists_token(h, CONNECTION, "upgrade") {
-        return Err(Reject::UpstreamBadHandshake(
-            "Connection does not list upgrade".into(),
-        ));
+        return Err(UpstreamFault::ConnectionNotUpgrade);
     }
     Ok(())
 }
@@ -590,38 +602,51 @@ mod tests {
             v.push((name.to_string(), value.to_string()));
             v
         };
-        // (name, status, headers, selected, ok)
+        use UpstreamFault as F;
+        let status = |code: u16| F::NotSwitching {
+            status: StatusCode::from_u16(code).unwrap(),
+        };
+        let missing = F::SubprotocolMissing {
+            selected: "chat.v2".into(),
+        };
+        let other = F::SubprotocolOther {
+            selected: "chat.v2".into(),
+        };
+        // (name, status, headers, selected, fault)
         #[rustfmt::skip]
-        let rows: Vec<(&str, u16, Vec<(String, String)>, Option<&str>, bool)> = vec![
-            ("good", 101, edit("x", None), Some("chat.v2"), true),
-            ("case_insensitive_tokens", 101, edit("Upgrade", Some("WebSocket")), Some("chat.v2"), true),
-            ("connection_list", 101, edit("Connection", Some("keep-alive, upgrade")), Some("chat.v2"), true),
-            ("protocol_echoed_twice", 101, also("Sec-WebSocket-Protocol", "chat.v2"), Some("chat.v2"), true),
-            ("fallback_without_protocol", 101, edit("Sec-WebSocket-Protocol", None), None, true),
-            ("not_101", 200, edit("x", None), Some("chat.v2"), false),
-            ("wrong_accept", 101, edit("Sec-WebSocket-Accept", Some("bad")), Some("chat.v2"), false),
-            ("missing_accept", 101, edit("Sec-WebSocket-Accept", None), Some("chat.v2"), false),
-            ("accept_twice", 101, also("Sec-WebSocket-Accept", ACCEPT), Some("chat.v2"), false),
-            ("missing_connection", 101, edit("Connection", None), Some("chat.v2"), false),
-            ("connection_without_upgrade", 101, edit("Connection", Some("keep-alive")), Some("chat.v2"), false),
-            ("missing_upgrade", 101, edit("Upgrade", None), Some("chat.v2"), false),
-            ("upgrade_other", 101, edit("Upgrade", Some("h2c")), Some("chat.v2"), false),
-            ("upgrade_list", 101, edit("Upgrade", Some("websocket, h2c")), Some("chat.v2"), false),
-            ("protocol_missing", 101, edit("Sec-WebSocket-Protocol", None), Some("chat.v2"), false),
-            ("protocol_different", 101, edit("Sec-WebSocket-Protocol", Some("mqtt")), Some("chat.v2"), false),
-            ("protocol_case_differs", 101, edit("Sec-WebSocket-Protocol", Some("CHAT.V2")), Some("chat.v2"), false),
-            ("protocol_list", 101, edit("Sec-WebSocket-Protocol", Some("chat.v2, mqtt")), Some("chat.v2"), false),
-            ("protocol_for_fallback", 101, edit("x", None), None, false),
+        let rows: Vec<(&str, u16, Vec<(String, String)>, Option<&str>, Option<F>)> = vec![
+            ("good", 101, edit("x", None), Some("chat.v2"), None),
+            ("case_insensitive_tokens", 101, edit("Upgrade", Some("WebSocket")), Some("chat.v2"), None),
+            ("connection_list", 101, edit("Connection", Some("keep-alive, upgrade")), Some("chat.v2"), None),
+            ("protocol_echoed_twice", 101, also("Sec-WebSocket-Protocol", "chat.v2"), Some("chat.v2"), None),
+            ("fallback_without_protocol", 101, edit("Sec-WebSocket-Protocol", None), None, None),
+            ("not_101", 200, edit("x", None), Some("chat.v2"), Some(status(200))),
+            ("wrong_accept", 101, edit("Sec-WebSocket-Accept", Some("bad")), Some("chat.v2"), Some(F::AcceptMismatch)),
+            ("missing_accept", 101, edit("Sec-WebSocket-Accept", None), Some("chat.v2"), Some(F::AcceptMissing)),
+            ("accept_twice", 101, also("Sec-WebSocket-Accept", ACCEPT), Some("chat.v2"), Some(F::AcceptMismatch)),
+            ("missing_connection", 101, edit("Connection", None), Some("chat.v2"), Some(F::ConnectionNotUpgrade)),
+            ("connection_without_upgrade", 101, edit("Connection", Some("keep-alive")), Some("chat.v2"), Some(F::ConnectionNotUpgrade)),
+            ("missing_upgrade", 101, edit("Upgrade", None), Some("chat.v2"), Some(F::UpgradeNotWebSocket)),
+            ("upgrade_other", 101, edit("Upgrade", Some("h2c")), Some("chat.v2"), Some(F::UpgradeNotWebSocket)),
+            ("upgrade_list", 101, edit("Upgrade", Some("websocket, h2c")), Some("chat.v2"), Some(F::UpgradeNotWebSocket)),
+            ("protocol_missing", 101, edit("Sec-WebSocket-Protocol", None), Some("chat.v2"), Some(missing)),
+            ("protocol_different", 101, edit("Sec-WebSocket-Protocol", Some("mqtt")), Some("chat.v2"), Some(other.clone())),
+            ("protocol_case_differs", 101, edit("Sec-WebSocket-Protocol", Some("CHAT.V2")), Some("chat.v2"), Some(other.clone())),
+            ("protocol_list", 101, edit("Sec-WebSocket-Protocol", Some("chat.v2, mqtt")), Some("chat.v2"), Some(other)),
+            ("protocol_for_fallback", 101, edit("x", None), None, Some(F::SubprotocolNotOffered)),
         ];
-        for (name, status, lines, selected, ok) in rows {
+        for (name, status, lines, selected, fault) in rows {
             let refs: Vec<(&str, &str)> = lines
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))
                 .collect();
             let got = check_upstream_101(&response(status, &refs), SAMPLE_KEY, selected);
-            assert_eq!(got.is_ok(), ok, "{name}: {got:?}");
+            assert_eq!(
+                got,
+                fault.map_or(Ok(()), |f| Err(Reject::UpstreamBadHandshake(f))),
+                "{name}"
+            );
             if let Err(e) = got {
-                assert!(matches!(e, Reject::UpstreamBadHandshake(_)), "{name}");
                 assert_eq!(e.status(), StatusCode::BAD_GATEWAY, "{name}");
             }
         }
@@ -629,19 +654,55 @@ mod tests {
 
     #[test]
     fn upstream_other_101_rows() {
+        use UpstreamFault as F;
+        let not_tcp = || {
+            Some(F::UpgradeNotToken {
+                token: "tcp".into(),
+            })
+        };
+        // (name, status, headers, fault)
         #[rustfmt::skip]
-        let rows: &[(&str, u16, &[(&str, &str)], bool)] = &[
-            ("good", 101, &[("Upgrade", "tcp"), ("Connection", "Upgrade")], true),
-            ("case", 101, &[("Upgrade", "TCP"), ("Connection", "upgrade")], true),
-            ("versioned", 101, &[("Upgrade", "tcp/1"), ("Connection", "Upgrade")], true),
-            ("not_101", 200, &[("Upgrade", "tcp"), ("Connection", "Upgrade")], false),
-            ("other_token", 101, &[("Upgrade", "websocket"), ("Connection", "Upgrade")], false),
-            ("no_upgrade", 101, &[("Connection", "Upgrade")], false),
-            ("no_connection", 101, &[("Upgrade", "tcp")], false),
+        let rows: &[(&str, u16, &[(&str, &str)], Option<F>)] = &[
+            ("good", 101, &[("Upgrade", "tcp"), ("Connection", "Upgrade")], None),
+            ("case", 101, &[("Upgrade", "TCP"), ("Connection", "upgrade")], None),
+            ("versioned", 101, &[("Upgrade", "tcp/1"), ("Connection", "Upgrade")], None),
+            ("not_101", 200, &[("Upgrade", "tcp"), ("Connection", "Upgrade")], Some(F::NotSwitching { status: StatusCode::OK })),
+            ("other_token", 101, &[("Upgrade", "websocket"), ("Connection", "Upgrade")], not_tcp()),
+            ("no_upgrade", 101, &[("Connection", "Upgrade")], not_tcp()),
+            ("no_connection", 101, &[("Upgrade", "tcp")], Some(F::ConnectionNotUpgrade)),
         ];
-        for (name, status, lines, ok) in rows {
+        for (name, status, lines, fault) in rows {
             let got = check_upstream_other_101(&response(*status, lines), "tcp");
-            assert_eq!(got.is_ok(), *ok, "{name}: {got:?}");
+            let want = fault
+                .clone()
+                .map_or(Ok(()), |f| Err(Reject::UpstreamBadHandshake(f)));
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    /// The reason is the 502 body: these are the texts answered before the faults were typed.
+    #[test]
+    fn fault_texts_are_the_answer_bodies() {
+        use UpstreamFault as F;
+        #[rustfmt::skip]
+        let rows: &[(F, &str)] = &[
+            (F::NotSwitching { status: StatusCode::OK }, "status 200 is not 101"),
+            (F::UpgradeNotWebSocket, "Upgrade is not websocket"),
+            (F::UpgradeNotToken { token: "tcp".into() }, "Upgrade is not tcp"),
+            (F::ConnectionNotUpgrade, "Connection does not list upgrade"),
+            (F::AcceptMissing, "Sec-WebSocket-Accept missing"),
+            (F::AcceptMismatch, "Sec-WebSocket-Accept does not match our key"),
+            (F::SubprotocolMissing { selected: "mqtt".into() }, "Sec-WebSocket-Protocol mqtt missing"),
+            (F::SubprotocolOther { selected: "mqtt".into() }, "Sec-WebSocket-Protocol is not mqtt"),
+            (F::SubprotocolNotOffered, "Sec-WebSocket-Protocol sent though none was offered"),
+            (F::NoValidResponse, "no valid HTTP response"),
+            (F::LostAfter101, "connection lost after 101"),
+            (F::SuccessInsteadOf101 { status: StatusCode::OK }, "upstream answered 200 OK instead of 101"),
+        ];
+        for (fault, text) in rows {
+            assert_eq!(fault.to_string(), *text);
+            let body = Reject::UpstreamBadHandshake(fault.clone()).to_string();
+            assert_eq!(body, format!("upstream handshake invalid: {text}"));
         }
     }
 

@@ -6,7 +6,9 @@
 //! then sends `GET path` (HTTP/1.1, `Host` = the server, `Connection: close`) and wants a 2xx or
 //! 3xx head within `upstream_handshake_timeout`. A failed check takes the server out of rotation
 //! until a check passes; a passing check puts it back and also ends any passive backoff (see
-//! [`crate::upstream`] for how the two verdicts combine). Only changes of verdict are logged.
+//! [`super::pool`] for how the two verdicts combine). Only changes of verdict are logged.
+//!
+//! This room knows pools, servers and dialing only, never [`super::Upstreams`].
 //!
 //! The tasks belong to one configuration generation ([`Checks`]): they stop when it is replaced
 //! on reload, when it is dropped, or when a drain begins. Nothing here ever panics on what a
@@ -23,9 +25,10 @@ use hyper_util::rt::TokioIo;
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 
+use super::dial::{self, Connect};
+use super::pool::{Pool, Server};
 use crate::config::{Config, ServerAddr};
 use crate::shutdown::Shutdown;
-use crate::upstream::{self, Pool, Server};
 
 /// Bounds on one check.
 #[derive(Debug, Clone, Copy)]
@@ -135,7 +138,8 @@ pub async fn probe(
     path: Option<&str>,
     timeouts: Timeouts,
 ) -> Result<(), String> {
-    let stream = match tokio::time::timeout(timeouts.connect, pool.dial(server, None)).await {
+    let dial = pool.dialer().connect(server.addr(), None);
+    let stream = match tokio::time::timeout(timeouts.connect, dial).await {
         Err(_) => return Err(format!("connect timed out after {:?}", timeouts.connect)),
         Ok(Err(e)) => return Err(format!("connect failed: {e}")),
         Ok(Ok(stream)) => stream,
@@ -205,7 +209,7 @@ pub async fn warn_unresolved(config: Config, within: Duration) {
         if let Some(problem) = problem {
             tracing::warn!(
                 upstream = %name,
-                server = %upstream::format_addr(&server),
+                server = %dial::format_addr(&server),
                 error = %problem,
                 "upstream server name does not resolve; connects to it will fail until it does"
             );
