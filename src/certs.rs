@@ -111,7 +111,7 @@ pub(crate) fn write_dev_certs_valid_for(
                 source,
             })?;
             let ca = ca_params(now, validity).self_signed(&key)?;
-            let der = crate::tls::load_certs(&ca_path)
+            let der = crate::tls::pem::load_certs(&ca_path)
                 .map_err(|e| CertsError::ForeignCa {
                     path: ca_path.clone(),
                     reason: e.to_string(),
@@ -290,7 +290,7 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), CertsEr
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::tls::{load_certified_key, load_certs};
+    use crate::tls::pem::{load_certified_key, load_certs};
 
     /// A fresh directory under the system temp dir, removed on drop.
     pub(crate) struct TempDir(pub(crate) PathBuf);

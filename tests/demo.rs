@@ -14,7 +14,8 @@ use serde_json::Value;
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_tungstenite::tungstenite::Message;
 
 const DEMO_ARGS: [&str; 9] = [
@@ -177,7 +178,7 @@ async fn client_order_selects_chat_v1_and_chat_broadcasts_to_every_client() {
 fn tls_connector() -> TlsConnector {
     let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.pem")).expect("ca.pem");
     let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         roots
             .add(cert.expect("ca.pem parses"))
             .expect("ca.pem is a CA");

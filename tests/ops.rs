@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -648,8 +649,7 @@ fn tls_listener(dir: &std::path::Path, name: &str) -> String {
 async fn tls_serves(addr: SocketAddr, name: &str, ca_pems: &[PathBuf]) -> bool {
     let mut roots = rustls::RootCertStore::empty();
     for pem in ca_pems {
-        let mut reader = std::io::BufReader::new(std::fs::File::open(pem).unwrap());
-        for cert in rustls_pemfile::certs(&mut reader) {
+        for cert in CertificateDer::pem_file_iter(pem).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
     }

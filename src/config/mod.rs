@@ -3,11 +3,14 @@
 //! - `raw`: the TOML shape (`deny_unknown_fields`), values kept as written;
 //! - `validate`: every SPEC §2 rule, all problems collected, addressed by key path;
 //! - `locate`: key path <-> line number, from a second span-preserving parse;
+//! - `defaults`: every default value, named once;
 //! - `duration`, `syntax`: the value grammars (durations, addresses, host patterns, tokens).
 //!
-//! Nothing binds or connects here; certificate and CA files are read so that `check` catches
-//! them.
+//! Nothing binds or connects here; certificate and CA files are read (through `tls::pem`, the
+//! only part of `tls` this module may use: the rest of `tls` depends on these types) so that
+//! `check` catches them.
 
+mod defaults;
 mod duration;
 mod locate;
 mod model;

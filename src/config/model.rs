@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+// Only linked from the docs: each default is stated once, there.
+#[cfg(doc)]
+use super::defaults;
+
 /// The whole gateway configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -64,30 +68,30 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebSocketConfig {
     /// Accepted `Sec-WebSocket-Version` values in advertised order; each is 13, 8 or 7.
-    /// Default `[13]`.
+    /// Default [`defaults::WEBSOCKET_VERSIONS`].
     pub versions: Vec<u8>,
-    /// 426 (default) or 400 (RFC 6455 §4.4).
+    /// 426 or 400 (RFC 6455 §4.4). Default [`defaults::VERSION_MISMATCH_STATUS`].
     pub version_mismatch_status: StatusCode,
 }
 
 /// `[limits]`; defaults are those of SPEC §2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Default 16384.
+    /// Default [`defaults::MAX_HEADER_BYTES`].
     pub max_header_bytes: usize,
-    /// Default 10s.
+    /// Default [`defaults::HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
-    /// Default 5s.
+    /// Default [`defaults::UPSTREAM_CONNECT_TIMEOUT`].
     pub upstream_connect_timeout: Duration,
-    /// Default 10s.
+    /// Default [`defaults::UPSTREAM_HANDSHAKE_TIMEOUT`].
     pub upstream_handshake_timeout: Duration,
-    /// Default 5m; `None` ("0s") means never.
+    /// Default [`defaults::IDLE_TIMEOUT`]; `None` ("0s") means never.
     pub idle_timeout: Option<Duration>,
-    /// Default 30s.
+    /// Default [`defaults::DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
-    /// Default 100000.
+    /// Default [`defaults::MAX_CONNECTIONS`].
     pub max_connections: usize,
-    /// Default 0 = unlimited, written as `None`.
+    /// Default [`defaults::MAX_CONNECTIONS_PER_IP`]; 0 (unlimited) is written as `None`.
     pub max_connections_per_ip: Option<usize>,
 }
 
@@ -125,7 +129,8 @@ pub enum Balance {
 /// TLS towards an upstream (`tls = true`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpstreamTls {
-    /// CA bundle to verify the upstream with; system roots when `None`.
+    /// CA bundle to verify the upstream with; when `None`, the Mozilla root bundle compiled in
+    /// from `webpki-roots` (the host's trust store is never read).
     pub ca: Option<PathBuf>,
     /// Name for SNI and verification; the server's host when `None`.
     pub server_name: Option<String>,
@@ -149,8 +154,9 @@ pub struct HealthCheck {
 /// One `[[route]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
+    /// Default [`defaults::ROUTE_HOST`], i.e. [`HostPattern::Any`].
     pub host: HostPattern,
-    /// Path prefix matched on segment boundaries; starts with `/`. Default "/".
+    /// Path prefix matched on segment boundaries; starts with `/`. Default [`defaults::ROUTE_PATH`].
     pub path: String,
     /// Allowed `Origin` values (compared case-insensitively); `None` allows any.
     pub origins: Option<Vec<String>>,

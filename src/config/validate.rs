@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::StatusCode;
 use rustls::pki_types::ServerName;
 
+use super::defaults;
 use super::duration;
 use super::locate::KeyPath;
 use super::model::{
@@ -25,16 +26,16 @@ use super::raw::{
     RawWebSocket,
 };
 use super::syntax::{is_dns_name, is_token, parse_bind, parse_host_pattern, parse_server};
-use crate::tls::{self, TlsError};
+use crate::tls::pem::{self, PemError};
 
 /// One problem: where, and what is wrong (quoting the offending value).
 pub(super) type Problem = (KeyPath, String);
 
 /// Smallest accepted `limits.max_header_bytes`: below this, ordinary browser handshakes
 /// (cookies, several `Sec-WebSocket-*` headers) would already be refused with 431.
-const MIN_HEADER_BYTES: i64 = 1024;
+const HEADER_BYTES_FLOOR: i64 = 1024;
 /// Largest accepted `limits.max_header_bytes` (1 MiB): a bigger head is an attack, not a client.
-const MAX_HEADER_BYTES: i64 = 1 << 20;
+const HEADER_BYTES_CEILING: i64 = 1 << 20;
 
 /// WebSocket versions the handshake knows (RFC 6455 §4.4 and the drafts it replaced).
 const KNOWN_VERSIONS: [i64; 3] = [13, 8, 7];
@@ -196,24 +197,26 @@ impl Validator<'_> {
     /// Loads a certificate and key as the listener will, so that an unreadable or mismatched
     /// pair fails `check` rather than the first client.
     fn cert_pair(&mut self, at: &KeyPath, cert: &Path, key: &Path) {
-        let Err(err) = tls::load_certified_key(cert, key) else {
+        let Err(err) = pem::load_certified_key(cert, key) else {
             return;
         };
         let field = match &err {
-            TlsError::Read { path, .. } if path == cert => "cert",
-            TlsError::NoCertificate { .. } | TlsError::BadCa { .. } => "cert",
-            TlsError::ServerName { .. } | TlsError::Config(_) => "cert",
-            TlsError::Read { .. }
-            | TlsError::NoKey { .. }
-            | TlsError::BadKey { .. }
-            | TlsError::Mismatch { .. } => "key",
+            PemError::Read { path, .. } | PemError::Malformed { path, .. } if path == cert => {
+                "cert"
+            }
+            PemError::NoCertificate { .. } | PemError::BadCa { .. } => "cert",
+            PemError::Read { .. }
+            | PemError::Malformed { .. }
+            | PemError::NoKey { .. }
+            | PemError::BadKey { .. }
+            | PemError::Mismatch { .. } => "key",
         };
         self.bad(&at.key(field), err.to_string());
     }
 
     fn websocket(&mut self, at: &KeyPath, raw: &RawWebSocket) -> WebSocketConfig {
         let versions = match &raw.versions {
-            None => vec![13],
+            None => defaults::WEBSOCKET_VERSIONS.to_vec(),
             Some(list) => {
                 let at = at.key("versions");
                 if list.is_empty() {
@@ -240,14 +243,15 @@ impl Validator<'_> {
         // RFC 6455 §4.4: a server that does not speak the client's version answers with an
         // appropriate error code such as 426 and lists its versions; 400 is the common choice.
         let version_mismatch_status = match raw.version_mismatch_status {
-            None | Some(426) => StatusCode::UPGRADE_REQUIRED,
+            None => defaults::VERSION_MISMATCH_STATUS,
+            Some(426) => StatusCode::UPGRADE_REQUIRED,
             Some(400) => StatusCode::BAD_REQUEST,
             Some(other) => {
                 self.bad(
                     &at.key("version_mismatch_status"),
                     format!("version_mismatch_status {other} is not allowed: use 426 or 400"),
                 );
-                StatusCode::UPGRADE_REQUIRED
+                defaults::VERSION_MISMATCH_STATUS
             }
         };
         WebSocketConfig {
@@ -258,45 +262,47 @@ impl Validator<'_> {
 
     fn limits(&mut self, at: &KeyPath, raw: &RawLimits) -> Limits {
         let max_header_bytes = match raw.max_header_bytes {
-            None => 16384,
-            Some(n @ MIN_HEADER_BYTES..=MAX_HEADER_BYTES) => usize::try_from(n).unwrap_or(16384),
+            None => defaults::MAX_HEADER_BYTES,
+            Some(n @ HEADER_BYTES_FLOOR..=HEADER_BYTES_CEILING) => {
+                usize::try_from(n).unwrap_or(defaults::MAX_HEADER_BYTES)
+            }
             Some(n) => {
                 self.bad(
                     &at.key("max_header_bytes"),
-                    format!("max_header_bytes {n} is out of range: use {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"),
+                    format!("max_header_bytes {n} is out of range: use {HEADER_BYTES_FLOOR} to {HEADER_BYTES_CEILING}"),
                 );
-                16384
+                defaults::MAX_HEADER_BYTES
             }
         };
         let handshake_timeout = self.positive_duration(
             &at.key("handshake_timeout"),
             raw.handshake_timeout.as_ref(),
-            Duration::from_secs(10),
+            defaults::HANDSHAKE_TIMEOUT,
         );
         let upstream_connect_timeout = self.positive_duration(
             &at.key("upstream_connect_timeout"),
             raw.upstream_connect_timeout.as_ref(),
-            Duration::from_secs(5),
+            defaults::UPSTREAM_CONNECT_TIMEOUT,
         );
         let upstream_handshake_timeout = self.positive_duration(
             &at.key("upstream_handshake_timeout"),
             raw.upstream_handshake_timeout.as_ref(),
-            Duration::from_secs(10),
+            defaults::UPSTREAM_HANDSHAKE_TIMEOUT,
         );
         // "0s" = never (SPEC §2).
         let idle_timeout = Some(self.duration(
             &at.key("idle_timeout"),
             raw.idle_timeout.as_ref(),
-            Duration::from_secs(300),
+            defaults::IDLE_TIMEOUT,
         ))
         .filter(|d| !d.is_zero());
         let drain_timeout = self.duration(
             &at.key("drain_timeout"),
             raw.drain_timeout.as_ref(),
-            Duration::from_secs(30),
+            defaults::DRAIN_TIMEOUT,
         );
         let max_connections = match raw.max_connections {
-            None => 100_000,
+            None => defaults::MAX_CONNECTIONS,
             Some(n) => match usize::try_from(n) {
                 Ok(n) if n > 0 => n,
                 _ => {
@@ -304,12 +310,13 @@ impl Validator<'_> {
                         &at.key("max_connections"),
                         format!("max_connections {n} must be at least 1"),
                     );
-                    100_000
+                    defaults::MAX_CONNECTIONS
                 }
             },
         };
         let max_connections_per_ip = match raw.max_connections_per_ip {
-            None | Some(0) => None,
+            None => defaults::MAX_CONNECTIONS_PER_IP,
+            Some(0) => None,
             Some(n) => match usize::try_from(n) {
                 Ok(n) => Some(n),
                 Err(_) => {
@@ -317,7 +324,7 @@ impl Validator<'_> {
                         &at.key("max_connections_per_ip"),
                         format!("max_connections_per_ip {n} must be 0 (unlimited) or more"),
                     );
-                    None
+                    defaults::MAX_CONNECTIONS_PER_IP
                 }
             },
         };
@@ -393,14 +400,15 @@ impl Validator<'_> {
             }
         }
         let balance = match raw.balance.as_deref() {
-            None | Some("round_robin") => Balance::RoundRobin,
+            None => Balance::default(),
+            Some("round_robin") => Balance::RoundRobin,
             Some("least_connections") => Balance::LeastConnections,
             Some(other) => {
                 self.bad(
                     &at.key("balance"),
                     format!("unknown balance {other:?}: expected \"round_robin\" or \"least_connections\""),
                 );
-                Balance::RoundRobin
+                Balance::default()
             }
         };
         let tls = self.upstream_tls(at, raw);
@@ -460,7 +468,7 @@ impl Validator<'_> {
         }
         let ca = raw.ca.as_deref().map(|file| {
             let path = self.resolve(file);
-            if let Err(err) = tls::load_certs(&path) {
+            if let Err(err) = pem::load_certs(&path) {
                 self.bad(&at.key("ca"), err.to_string());
             }
             path
@@ -528,12 +536,15 @@ impl Validator<'_> {
         raw: &RawRoute,
         upstreams: &BTreeMap<String, RawUpstream>,
     ) -> RouteConfig {
-        let host =
-            parse_host_pattern(raw.host.as_deref().unwrap_or("*")).unwrap_or_else(|problem| {
+        let host = parse_host_pattern(raw.host.as_deref().unwrap_or(defaults::ROUTE_HOST))
+            .unwrap_or_else(|problem| {
                 self.bad(&at.key("host"), problem);
                 HostPattern::Any
             });
-        let path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
+        let path = raw
+            .path
+            .clone()
+            .unwrap_or_else(|| defaults::ROUTE_PATH.to_owned());
         if !path.starts_with('/') || path.contains(['?', '#']) || path.contains(char::is_whitespace)
         {
             self.bad(
@@ -557,14 +568,15 @@ impl Validator<'_> {
             }
         }
         let select = match raw.select.as_deref() {
-            None | Some("client") => Select::Client,
+            None => Select::default(),
+            Some("client") => Select::Client,
             Some("server") => Select::Server,
             Some(other) => {
                 self.bad(
                     &at.key("select"),
                     format!("unknown select {other:?}: expected \"client\" or \"server\""),
                 );
-                Select::Client
+                Select::default()
             }
         };
         let fallback = raw

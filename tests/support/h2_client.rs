@@ -14,7 +14,7 @@ use bytes::Bytes;
 use h2::client::{Builder, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
 use http::{Method, Request, Response};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
@@ -29,7 +29,7 @@ pub fn tls_config() -> Arc<rustls::ClientConfig> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/ca.pem");
     let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.expect("PEM certificate")).expect("CA cert");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -1,0 +1,52 @@
+//! Every default of SPEC §2, named once: `validate` applies these when a key is absent, and the
+//! docs of the `model` types link here instead of restating the values.
+//!
+//! Not here: an enum's default is its `#[default]` variant (`Balance`, `Select`), and
+//! `listener.http2` defaults to whether the listener has TLS (ALPN needs it), a rule in `validate`.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// `websocket.versions`: `[13]`, RFC 6455's version; 8 and 7 are drafts only old clients speak.
+pub(crate) const WEBSOCKET_VERSIONS: &[u8] = &[13];
+
+/// `websocket.version_mismatch_status`: 426 Upgrade Required, the code RFC 6455 §4.4 names.
+pub(crate) const VERSION_MISMATCH_STATUS: StatusCode = StatusCode::UPGRADE_REQUIRED;
+
+/// `limits.max_header_bytes`: 16384 (16 KiB), room for a browser handshake with cookies while
+/// bounding what an unrouted client can make the gateway buffer.
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// `limits.handshake_timeout`: 10s from accept to the first request head, so a silent or
+/// slow-drip client (slowloris) cannot hold a connection slot.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `limits.upstream_connect_timeout`: 5s, several TCP SYN retransmissions (RFC 6298 §2: 1s
+/// initial RTO, doubling), far beyond what a reachable upstream needs.
+pub(crate) const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `limits.upstream_handshake_timeout`: 10s for the upstream's TLS and 101, the same as a client
+/// gets for its side of the handshake.
+pub(crate) const UPSTREAM_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `limits.idle_timeout`: 5m, well above usual WebSocket ping intervals (30-60s), so only
+/// tunnels nobody keeps alive are closed.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// `limits.drain_timeout`: 30s, Kubernetes' default termination grace period.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `limits.max_connections`: 100000, a guard against running out of file descriptors that normal
+/// load never reaches.
+pub(crate) const MAX_CONNECTIONS: usize = 100_000;
+
+/// `limits.max_connections_per_ip`: 0, unlimited (`None`), because clients behind one NAT or load
+/// balancer share an address; a per-address cap is opt-in.
+pub(crate) const MAX_CONNECTIONS_PER_IP: Option<usize> = None;
+
+/// `route.host`: `"*"`, every host.
+pub(crate) const ROUTE_HOST: &str = "*";
+
+/// `route.path`: `"/"`, every path.
+pub(crate) const ROUTE_PATH: &str = "/";
