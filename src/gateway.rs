@@ -7,11 +7,8 @@
 //! through `Reject::response`.
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,15 +18,14 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use hyper::upgrade::OnUpgrade;
 use tracing::Instrument;
 
 use crate::access::AccessRecord;
 use crate::config::Config;
 use crate::error::{Carrier, Reject};
 use crate::handshake::{self, ForwardInfo, Kind, UpstreamUpgrade};
+use crate::io;
 use crate::limits::{ConnLimiter, ConnPermit};
 use crate::metrics::Metrics;
 use crate::proxy_protocol::ProxiedAddrs;
@@ -350,6 +346,7 @@ impl Conn {
             counters: Some(gateway.metrics.tunnel_counters()),
         };
         let h2 = self.is_h2();
+        let upstream = io::upstream_leg(upstream_io);
         rec.status = if h2 { 200 } else { 101 };
         rec.handshake = rec.started.elapsed();
         let task = async move {
@@ -365,31 +362,12 @@ impl Conn {
                     return;
                 }
             };
-            let (upstream_io, expired) = (TokioIo::new(upstream_io), gateway.shutdown.expired());
-            // hyper has already delivered both sides' early bytes through `Upgraded` itself.
-            let outcome = if h2 {
-                let client_io = H2ClientStream(TokioIo::new(client_io));
-                tunnel::run(
-                    client_io,
-                    Bytes::new(),
-                    upstream_io,
-                    Bytes::new(),
-                    &cfg,
-                    expired,
-                )
-                .await
+            let client = if h2 {
+                io::h2_client_leg(client_io)
             } else {
-                let client_io = TokioIo::new(client_io);
-                tunnel::run(
-                    client_io,
-                    Bytes::new(),
-                    upstream_io,
-                    Bytes::new(),
-                    &cfg,
-                    expired,
-                )
-                .await
+                io::h1_client_leg(client_io)
             };
+            let outcome = tunnel::run(client, upstream, &cfg, gateway.shutdown.expired()).await;
             gateway.metrics.tunnel_closed(outcome.duration);
             drop(held);
             rec.log_tunnel(&outcome);
@@ -429,51 +407,6 @@ impl Conn {
                 Response::from_parts(head, body.boxed())
             }
         }
-    }
-}
-
-/// The client side of an h2 tunnel: one stream. hyper reports the client resetting it
-/// (RST_STREAM, RFC 9113 §6.4) or losing its connection as `ErrorKind::Other`; for the tunnel
-/// that is the client going away, so it is passed on as `ConnectionReset` (`closed_by=client`).
-struct H2ClientStream(TokioIo<Upgraded>);
-
-fn stream_gone(e: io::Error) -> io::Error {
-    if e.kind() == io::ErrorKind::Other {
-        io::Error::new(io::ErrorKind::ConnectionReset, e)
-    } else {
-        e
-    }
-}
-
-impl AsyncRead for H2ClientStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0)
-            .poll_read(cx, buf)
-            .map_err(stream_gone)
-    }
-}
-
-impl AsyncWrite for H2ClientStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0)
-            .poll_write(cx, data)
-            .map_err(stream_gone)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx).map_err(stream_gone)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx).map_err(stream_gone)
     }
 }
 
