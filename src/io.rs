@@ -410,51 +410,154 @@ mod tests {
         .unwrap();
     }
 
-    /// Upstream side, over hyper's client as `Upstreams::upgrade` runs it: the leg is the raw
-    /// socket and its early bytes are exactly what the upstream sent right behind its 101 head.
+    const UPSTREAM_EARLY: &[u8] = b"UP-EARLY\x00\xff\x81\x05";
+
+    /// An upstream upgrade as `Upstreams::upgrade` runs it, hyper's client over
+    /// `TokioIo<UpstreamStream>`: `upstream` answers 101 with [`UPSTREAM_EARLY`] behind the head
+    /// in one write, then `later` once the leg is checked. Returns the leg and asserts that the
+    /// later bytes come from its stream.
+    async fn upstream_upgrade<S>(mut upstream: S, gw: UpstreamStream) -> Leg
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let server = tokio::spawn(async move {
+            let head = read_head(&mut upstream).await;
+            assert!(head.starts_with(b"GET /t HTTP/1.1\r\n"), "{head:?}");
+            let mut answer = SWITCHED_HEAD.to_vec();
+            answer.extend_from_slice(UPSTREAM_EARLY);
+            upstream.write_all(&answer).await.unwrap();
+            upstream.flush().await.unwrap();
+            upstream
+        });
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(gw))
+                .await
+                .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let request = Request::get("/t")
+            .header("host", "gw")
+            .header("connection", "upgrade")
+            .header("upgrade", "foo")
+            .body(Empty::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let leg = upstream_leg(hyper::upgrade::on(response).await.unwrap());
+        let mut upstream = server.await.unwrap();
+        upstream.write_all(b"later").await.unwrap();
+        upstream.flush().await.unwrap();
+        let mut later = [0u8; 5];
+        match leg {
+            Leg::Tcp { mut stream, early } => {
+                stream.read_exact(&mut later).await.unwrap();
+                assert_eq!(&later, b"later");
+                Leg::tcp(stream, early)
+            }
+            Leg::Stream { mut stream, early } => {
+                stream.read_exact(&mut later).await.unwrap();
+                assert_eq!(&later, b"later");
+                Leg::Stream { stream, early }
+            }
+        }
+    }
+
+    /// Upstream side, plain: the leg is the raw socket and its early bytes are exactly what the
+    /// upstream sent right behind its 101 head.
     #[tokio::test]
     async fn upstream_leg_is_tcp_with_the_bytes_behind_the_101() {
         timeout(LIMIT, async {
-            let (mut upstream, gw) = tcp_pair().await;
-            let early = b"UP-EARLY\x00\xff\x81\x05".as_slice();
-            let (go_on, go) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(async move {
-                let head = read_head(&mut upstream).await;
-                assert!(head.starts_with(b"GET /t HTTP/1.1\r\n"), "{head:?}");
-                let mut answer = SWITCHED_HEAD.to_vec();
-                answer.extend_from_slice(early);
-                upstream.write_all(&answer).await.unwrap();
-                go.await.unwrap();
-                upstream.write_all(b"later").await.unwrap();
-                upstream
-            });
-            let io = TokioIo::new(UpstreamStream::Tcp(gw));
-            let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
-                .await
-                .unwrap();
-            tokio::spawn(conn.with_upgrades());
-            let request = Request::get("/t")
-                .header("host", "gw")
-                .header("connection", "upgrade")
-                .header("upgrade", "foo")
-                .body(Empty::new())
-                .unwrap();
-            let response = sender.send_request(request).await.unwrap();
-            assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-            let leg = upstream_leg(hyper::upgrade::on(response).await.unwrap());
-            let Leg::Tcp {
+            let (upstream, gw) = tcp_pair().await;
+            let leg = upstream_upgrade(upstream, UpstreamStream::Tcp(gw)).await;
+            let Leg::Tcp { early, .. } = leg else {
+                panic!("a plain upstream became {leg:?}");
+            };
+            assert_eq!(&early[..], UPSTREAM_EARLY);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Upstream side over TLS: a stream leg that still carries the bytes behind the 101.
+    #[tokio::test]
+    async fn upstream_leg_over_tls_carries_the_bytes_behind_the_101() {
+        timeout(LIMIT, async {
+            let (gw, upstream) = tls_pair().await;
+            let leg = upstream_upgrade(upstream, UpstreamStream::Tls(Box::new(gw))).await;
+            let Leg::Stream { early, .. } = leg else {
+                panic!("a TLS upstream became {leg:?}");
+            };
+            assert_eq!(&early[..], UPSTREAM_EARLY);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Both ends of a TLS connection over loopback, with a fresh self-signed certificate:
+    /// (the client's end, the server's end).
+    async fn tls_pair() -> (
+        tokio_rustls::client::TlsStream<TcpStream>,
+        ServerTlsStream<TcpStream>,
+    ) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = issued.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_pair.serialize_der()));
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (client_tcp, server_tcp) = tcp_pair().await;
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+        let name = ServerName::try_from("localhost").unwrap();
+        let (client, server) = tokio::join!(
+            connector.connect(name, client_tcp),
+            acceptor.accept(server_tcp)
+        );
+        (client.unwrap(), server.unwrap())
+    }
+
+    /// TLS listener: the server TLS stream is recovered (not left inside hyper's `Upgraded`),
+    /// so the early bytes are the leg's, in order, and later bytes come from the stream.
+    #[tokio::test]
+    async fn h1_client_leg_over_tls_carries_every_early_byte_in_order() {
+        timeout(LIMIT, async {
+            let (mut client, mut gw) = tls_pair().await;
+            let early = pattern(20_000);
+            let mut sent = REQUEST_HEAD.to_vec();
+            sent.extend_from_slice(&early);
+            client.write_all(&sent).await.unwrap();
+            client.flush().await.unwrap();
+            let mut prefix = vec![0u8; sent.len()];
+            gw.read_exact(&mut prefix).await.unwrap();
+            let (upgraded, _) = tokio::join!(
+                serve_upgrade(gw, Bytes::from(prefix)),
+                read_head(&mut client)
+            );
+            let leg = h1_client_leg(upgraded);
+            let Leg::Stream {
                 mut stream,
                 early: got,
             } = leg
             else {
-                panic!("a plain upstream became {leg:?}");
+                panic!("a TLS client became {leg:?}");
             };
-            assert_eq!(&got[..], early);
-            go_on.send(()).unwrap();
+            assert_eq!(got[..], early[..]);
+            client.write_all(b"later").await.unwrap();
+            client.flush().await.unwrap();
             let mut later = [0u8; 5];
             stream.read_exact(&mut later).await.unwrap();
             assert_eq!(&later, b"later");
-            drop(server.await.unwrap());
         })
         .await
         .unwrap();
