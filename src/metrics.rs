@@ -317,7 +317,7 @@ mod tests {
     /// Two tunnels share the process-wide counters; bytes show while both are still open.
     #[tokio::test]
     async fn tunnel_bytes_are_live_and_summed_over_tunnels() {
-        use crate::tunnel::{self, TunnelConfig};
+        use crate::tunnel::{self, Leg, TunnelConfig};
         use bytes::Bytes;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -337,8 +337,18 @@ mod tests {
         let never = std::future::pending::<()>();
         let tunnels = async {
             tokio::join!(
-                tunnel::run(g1, Bytes::new(), u1, Bytes::new(), &cfg, stopped),
-                tunnel::run(g2, Bytes::new(), u2, Bytes::new(), &cfg, never),
+                tunnel::run(
+                    Leg::stream(g1, Bytes::new()),
+                    Leg::stream(u1, Bytes::new()),
+                    &cfg,
+                    stopped
+                ),
+                tunnel::run(
+                    Leg::stream(g2, Bytes::new()),
+                    Leg::stream(u2, Bytes::new()),
+                    &cfg,
+                    never
+                ),
             )
         };
         let traffic = async {

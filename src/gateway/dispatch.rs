@@ -10,12 +10,13 @@ use http::header::CONNECTION;
 use http::request::Parts;
 use http::{HeaderValue, Response};
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
 
 use super::Conn;
 use crate::access::AccessRecord;
 use crate::error::{Reject, UpstreamFault};
 use crate::handshake::{self, ForwardInfo, Upgrade};
+use crate::io;
+use crate::tunnel::Leg;
 use crate::upstream::{Answer, ServerLease};
 
 /// What a request became, for its front to answer.
@@ -34,8 +35,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Switched {
     /// The client's answer: 101 on HTTP/1.1, 200 on an extended CONNECT.
     pub(crate) response: Response<()>,
-    /// The upstream connection, past its 101 head.
-    pub(crate) upstream: Upgraded,
+    /// The upstream connection, past its 101 head (with any bytes the upstream sent after it).
+    pub(crate) upstream: Leg,
     /// The server's share of the tunnel, held while it runs.
     pub(crate) lease: ServerLease,
 }
@@ -94,7 +95,7 @@ impl Conn {
         upgrade.check_upstream(&head)?;
         Ok(Outcome::Switched(Switched {
             response: upgrade.client_success(&head, carrier),
-            upstream,
+            upstream: io::upstream_leg(upstream),
             lease,
         }))
     }

@@ -17,6 +17,8 @@ use super::{Conn, ProxyBody};
 use crate::access::AccessRecord;
 use crate::error::Reject;
 use crate::handshake::{self, ForwardInfo};
+use crate::io;
+use crate::tunnel::Leg;
 use crate::upstream;
 
 impl Conn {
@@ -56,7 +58,8 @@ impl Conn {
                 let response = switched.response.map(|()| empty());
                 match parts.extensions.remove::<OnUpgrade>() {
                     Some(client) => {
-                        self.open_tunnel(client, switched.upstream, switched.lease, &rec)
+                        let client = client_leg(client, self.carrier.extended_connect());
+                        self.open_tunnel(client, switched.upstream, switched.lease, &rec);
                     }
                     None => tracing::error!("upgrade request without hyper's upgrade handle"),
                 }
@@ -106,6 +109,18 @@ impl Conn {
                 handshake::strip_hop_by_hop(&mut head.headers);
                 Response::from_parts(head, body.boxed())
             }
+        }
+    }
+}
+
+/// The client side of a tunnel, once hyper has written our answer and handed the stream over.
+async fn client_leg(client: OnUpgrade, h2: bool) -> Option<Leg> {
+    match client.await {
+        Ok(upgraded) if h2 => Some(io::h2_client_leg(upgraded)),
+        Ok(upgraded) => Some(io::h1_client_leg(upgraded)),
+        Err(e) => {
+            tracing::debug!(error = %e, "client went away before the tunnel opened");
+            None
         }
     }
 }

@@ -1,0 +1,445 @@
+//! The buffered engine: works for any pair of streams (TCP, TLS, an h2 stream).
+//!
+//! Each direction copies through one [`COPY_BUF_SIZE`](super::COPY_BUF_SIZE) buffer taken from the per-thread pool
+//! only while bytes are in flight: when its read side has nothing to give, the buffer goes back,
+//! so an idle tunnel holds no user-space copy buffer (SPEC §5) and a busy one allocates nothing
+//! per chunk. Both directions are driven from one task, with no locks and no split halves.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::CopyEnd;
+use super::meter::{Direction, Meter, Side};
+use super::pool;
+
+/// At most this many chunks per direction per poll before yielding, so one fire-hose tunnel
+/// cannot starve its own idle/drain checks or the other tasks on the worker thread.
+const MAX_CHUNKS_PER_POLL: usize = 16;
+
+/// Copies both ways, early bytes first; returns when both directions passed their EOF on or
+/// one side failed.
+pub(super) async fn copy<C, U>(
+    mut client: C,
+    client_early: Bytes,
+    mut upstream: U,
+    upstream_early: Bytes,
+    meter: &Meter<'_>,
+) -> CopyEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = Pump::new(Direction::Up, client_early);
+    let mut down = Pump::new(Direction::Down, upstream_early);
+    let mut first_eof: Option<Side> = None;
+    poll_fn(|cx| {
+        let up_done = match up.poll_copy(cx, &mut client, &mut upstream, meter) {
+            Poll::Ready(Err(failure)) => return Poll::Ready(failure.into()),
+            Poll::Ready(Ok(())) => true,
+            Poll::Pending => false,
+        };
+        if up.saw_eof && first_eof.is_none() {
+            first_eof = Some(Side::Client);
+        }
+        let down_done = match down.poll_copy(cx, &mut upstream, &mut client, meter) {
+            Poll::Ready(Err(failure)) => return Poll::Ready(failure.into()),
+            Poll::Ready(Ok(())) => true,
+            Poll::Pending => false,
+        };
+        if down.saw_eof && first_eof.is_none() {
+            first_eof = Some(Side::Upstream);
+        }
+        if up_done && down_done {
+            Poll::Ready(CopyEnd::BothEof {
+                first: first_eof.unwrap_or(Side::Client),
+            })
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// An I/O failure inside a [`Pump`], attributed to the side it happened on.
+#[derive(Debug)]
+struct Failure {
+    side: Side,
+    error: io::Error,
+}
+
+impl From<Failure> for CopyEnd {
+    fn from(f: Failure) -> Self {
+        CopyEnd::Failed {
+            side: f.side,
+            error: f.error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PumpState {
+    /// Reading the source and writing the sink.
+    Copying,
+    /// The source sent EOF; passing it on as a write shutdown (half-close).
+    ShuttingDown,
+    /// EOF passed on; nothing more to do in this direction.
+    Done,
+}
+
+/// One direction of the buffered engine: early bytes first, then read -> write in a loop.
+struct Pump {
+    dir: Direction,
+    early: Bytes,
+    /// Present only while `pos..end` holds bytes not yet written (or during a read attempt).
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+    /// Bytes were written since the last flush (TLS writers buffer a record until flushed).
+    need_flush: bool,
+    saw_eof: bool,
+    state: PumpState,
+}
+
+impl Pump {
+    fn new(dir: Direction, early: Bytes) -> Self {
+        Pump {
+            dir,
+            early,
+            buf: None,
+            pos: 0,
+            end: 0,
+            need_flush: false,
+            saw_eof: false,
+            state: PumpState::Copying,
+        }
+    }
+
+    fn read_failed(&self, error: io::Error) -> Failure {
+        Failure {
+            side: self.dir.source(),
+            error,
+        }
+    }
+
+    fn write_failed(&self, error: io::Error) -> Failure {
+        Failure {
+            side: self.dir.sink(),
+            error,
+        }
+    }
+
+    /// Writes `bytes` once; `Ok(0)` from a writer means it can take no more (closed).
+    fn poll_write_some<W: AsyncWrite + Unpin>(
+        &self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+        bytes: &[u8],
+    ) -> Poll<Result<usize, Failure>> {
+        match ready!(Pin::new(writer).poll_write(cx, bytes)) {
+            Ok(0) => Poll::Ready(Err(self.write_failed(io::ErrorKind::WriteZero.into()))),
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(self.write_failed(e))),
+        }
+    }
+
+    fn release_buf(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            pool::give(buf);
+        }
+    }
+
+    /// Drives this direction until it must wait; `Ready(Ok)` once EOF has been passed on.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        meter: &Meter<'_>,
+    ) -> Poll<Result<(), Failure>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut chunks = 0;
+        loop {
+            match self.state {
+                PumpState::Copying => {}
+                PumpState::ShuttingDown => {
+                    if let Err(e) = ready!(Pin::new(&mut *writer).poll_shutdown(cx)) {
+                        return Poll::Ready(Err(self.write_failed(e)));
+                    }
+                    self.state = PumpState::Done;
+                    return Poll::Ready(Ok(()));
+                }
+                PumpState::Done => return Poll::Ready(Ok(())),
+            }
+
+            // Bytes read past the handshake head go before anything read from the stream.
+            while !self.early.is_empty() {
+                let n = ready!(self.poll_write_some(cx, writer, &self.early))?;
+                self.early.advance(n);
+                self.need_flush = true;
+                meter.delivered(self.dir, n);
+            }
+
+            while self.pos < self.end {
+                let Some(buf) = self.buf.as_deref() else {
+                    break;
+                };
+                let n = ready!(self.poll_write_some(cx, writer, &buf[self.pos..self.end]))?;
+                self.pos += n;
+                self.need_flush = true;
+                meter.delivered(self.dir, n);
+            }
+            self.pos = 0;
+            self.end = 0;
+
+            if chunks >= MAX_CHUNKS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+
+            let buf = self.buf.get_or_insert_with(pool::take);
+            let mut read_buf = ReadBuf::new(&mut buf[..]);
+            match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
+                Poll::Pending => {
+                    // Nothing in flight: give the buffer back while this direction waits.
+                    self.release_buf();
+                    if self.need_flush {
+                        match Pin::new(&mut *writer).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.need_flush = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(self.write_failed(e))),
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.read_failed(e))),
+                Poll::Ready(Ok(())) => {
+                    let n = read_buf.filled().len();
+                    if n == 0 {
+                        self.release_buf();
+                        self.saw_eof = true;
+                        self.state = PumpState::ShuttingDown;
+                    } else {
+                        self.end = n;
+                        chunks += 1;
+                        meter.touch();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.release_buf();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::timeout;
+
+    use super::*;
+    use crate::tunnel::testing::{
+        LIMIT, no_drain, random_bytes, read_all, rig, tcp_pair, write_in_pieces,
+    };
+    use crate::tunnel::{ByteCounters, ClosedBy, Leg, TunnelConfig, run};
+
+    /// 16 MiB each way at once over real sockets: every byte arrives, once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sixteen_mib_both_ways_concurrently_verbatim() {
+        timeout(Duration::from_secs(120), async {
+            const LEN: usize = 16 << 20;
+            let up_data = random_bytes(LEN, 1);
+            let down_data = random_bytes(LEN, 2);
+            let counters = ByteCounters::new();
+            let cfg = TunnelConfig {
+                idle_timeout: Some(Duration::from_secs(60)),
+                counters: Some(counters.clone()),
+            };
+            let rig = rig(b"", b"", cfg, no_drain()).await;
+            let (c_read, c_write) = rig.client_app.into_split();
+            let (u_read, u_write) = rig.upstream_app.into_split();
+            let (_, _, got_up, got_down) = tokio::join!(
+                write_in_pieces(c_write, up_data.clone(), 3),
+                write_in_pieces(u_write, down_data.clone(), 4),
+                read_all(u_read),
+                read_all(c_read),
+            );
+            assert!(got_up == up_data, "client -> upstream bytes differ");
+            assert!(got_down == down_data, "upstream -> client bytes differ");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.bytes_up, LEN as u64);
+            assert_eq!(out.bytes_down, LEN as u64);
+            assert_eq!(counters.up(), LEN as u64);
+            assert_eq!(counters.down(), LEN as u64);
+            assert!(matches!(
+                out.closed_by,
+                ClosedBy::Client | ClosedBy::Upstream
+            ));
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A writer that accepts at most a few bytes per call exercises the partial-write path.
+    #[tokio::test]
+    async fn tiny_pipes_with_partial_writes_stay_verbatim() {
+        timeout(LIMIT, async {
+            let (client_app, client_gw) = tokio::io::duplex(7);
+            let (upstream_app, upstream_gw) = tokio::io::duplex(13);
+            let up_data = random_bytes(300_000, 5);
+            let down_data = random_bytes(200_000, 6);
+            let tunnel = tokio::spawn(async move {
+                run(
+                    Leg::stream(client_gw, Bytes::from_static(b"ce")),
+                    Leg::stream(upstream_gw, Bytes::from_static(b"ue")),
+                    &TunnelConfig::default(),
+                    std::future::pending(),
+                )
+                .await
+            });
+            let (c_read, c_write) = tokio::io::split(client_app);
+            let (u_read, u_write) = tokio::io::split(upstream_app);
+            let (_, _, got_up, got_down) = tokio::join!(
+                write_in_pieces(c_write, up_data.clone(), 7),
+                write_in_pieces(u_write, down_data.clone(), 8),
+                read_all(u_read),
+                read_all(c_read),
+            );
+            assert!(got_up.starts_with(b"ce") && got_up[2..] == up_data[..]);
+            assert!(got_down.starts_with(b"ue") && got_down[2..] == down_data[..]);
+            let out = tunnel.await.unwrap();
+            assert_eq!(out.bytes_up, 300_002);
+            assert_eq!(out.bytes_down, 200_002);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Early bytes go first even when later bytes are already waiting in the socket.
+    #[tokio::test]
+    async fn early_bytes_are_delivered_before_later_bytes_both_ways() {
+        timeout(LIMIT, async {
+            let (mut client_app, client_gw) = tcp_pair().await;
+            let (mut upstream_app, upstream_gw) = tcp_pair().await;
+            // Queue the later bytes before the tunnel starts reading.
+            client_app.write_all(b"later-from-client").await.unwrap();
+            client_app.shutdown().await.unwrap();
+            upstream_app
+                .write_all(b"later-from-upstream")
+                .await
+                .unwrap();
+            upstream_app.shutdown().await.unwrap();
+            let out = run(
+                Leg::tcp(client_gw, Bytes::from_static(b"EARLY-C\x00\xff")),
+                Leg::tcp(upstream_gw, Bytes::from_static(b"EARLY-U\x81\x05")),
+                &TunnelConfig::default(),
+                std::future::pending(),
+            )
+            .await;
+            assert_eq!(
+                read_all(&mut upstream_app).await,
+                b"EARLY-C\x00\xfflater-from-client"
+            );
+            assert_eq!(
+                read_all(&mut client_app).await,
+                b"EARLY-U\x81\x05later-from-upstream"
+            );
+            assert_eq!(out.bytes_up, 9 + 17);
+            assert_eq!(out.bytes_down, 9 + 19);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Client half-closes; the upstream still talks and the client still hears it.
+    #[tokio::test]
+    async fn client_half_close_keeps_the_other_direction_open() {
+        timeout(LIMIT, async {
+            let mut rig = rig(b"", b"", TunnelConfig::default(), no_drain()).await;
+            rig.client_app.write_all(b"hello").await.unwrap();
+            rig.client_app.shutdown().await.unwrap();
+            // The upstream sees the bytes, then EOF.
+            let mut got = Vec::new();
+            rig.upstream_app.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"hello");
+            rig.upstream_app.write_all(b"reply").await.unwrap();
+            let mut reply = [0u8; 5];
+            rig.client_app.read_exact(&mut reply).await.unwrap();
+            assert_eq!(&reply, b"reply");
+            assert!(!rig.tunnel.is_finished(), "tunnel ended after one EOF");
+            rig.upstream_app.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut rig.client_app).await, b"");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Client);
+            assert_eq!((out.bytes_up, out.bytes_down), (5, 5));
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Upstream half-closes first (its EOF right behind the early bytes); the client can still send.
+    #[tokio::test]
+    async fn upstream_half_close_keeps_the_other_direction_open() {
+        timeout(LIMIT, async {
+            let mut rig = rig(b"", b"bye", TunnelConfig::default(), no_drain()).await;
+            rig.upstream_app.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut rig.client_app).await, b"bye");
+            rig.client_app
+                .write_all(b"client-still-sending")
+                .await
+                .unwrap();
+            let mut got = [0u8; 20];
+            rig.upstream_app.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"client-still-sending");
+            assert!(!rig.tunnel.is_finished(), "tunnel ended after one EOF");
+            rig.client_app.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut rig.upstream_app).await, b"");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Upstream);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// SPEC §5: a direction waiting for its reader holds no copy buffer.
+    #[tokio::test]
+    async fn waiting_direction_holds_no_buffer() {
+        timeout(LIMIT, async {
+            let (mut src_app, mut src) = tokio::io::duplex(64);
+            let (mut dst, mut dst_app) = tokio::io::duplex(64);
+            let meter = Meter::new(None);
+            let mut pump = Pump::new(Direction::Up, Bytes::new());
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(
+                pump.poll_copy(&mut cx, &mut src, &mut dst, &meter)
+                    .is_pending()
+            );
+            assert!(pump.buf.is_none());
+            src_app.write_all(b"abc").await.unwrap();
+            assert!(
+                pump.poll_copy(&mut cx, &mut src, &mut dst, &meter)
+                    .is_pending()
+            );
+            assert!(pump.buf.is_none());
+            let mut got = [0u8; 3];
+            dst_app.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"abc");
+            assert_eq!(meter.bytes_up(), 3);
+        })
+        .await
+        .unwrap();
+    }
+}

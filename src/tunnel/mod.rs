@@ -1,0 +1,486 @@
+//! The hot path: moves bytes between an upgraded client and its upstream (SPEC §5).
+//!
+//! This module owns one thing: after the handshake succeeded, copy bytes verbatim both ways,
+//! count them, propagate half-closes, and decide when the tunnel is over (both EOFs, a reset,
+//! the idle deadline, or the drain deadline). It knows no HTTP, no TLS and no WebSocket framing;
+//! the caller hands it two [`Leg`]s, each a connected stream plus the bytes already read past its
+//! handshake head.
+//!
+//! Layout:
+//!
+//! - this file is the policy: [`run`] (early bytes first, idle deadline, drain, closing both
+//!   legs, the [`TunnelOutcome`]) and the one place an engine is picked for a pair of legs;
+//! - `leg.rs`: [`Leg`], plain TCP (for engines that need the raw socket) or any [`ByteStream`];
+//! - `meter.rs`: byte counts and the last-activity time every engine reports to;
+//! - `pool.rs`: the per-thread pool of copy buffers;
+//! - one file per engine, each returning a `CopyEnd`: `buffered.rs` works for any legs. A
+//!   `splice(2)` engine for TCP-TCP pairs and an inspecting engine slot in beside it.
+
+mod buffered;
+mod leg;
+mod meter;
+mod pool;
+#[cfg(test)]
+mod testing;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use leg::{ByteStream, Leg};
+use meter::{Meter, Side};
+pub use pool::COPY_BUF_SIZE;
+
+/// How a tunnel behaves; built once by the caller from the validated config.
+#[derive(Debug, Clone, Default)]
+pub struct TunnelConfig {
+    /// End the tunnel after this long with no byte moving in either direction.
+    /// `None` (config `"0s"`) means never; a zero duration is treated the same way.
+    pub idle_timeout: Option<Duration>,
+    /// Live counters bumped as bytes are delivered, for metrics read while tunnels run.
+    /// One `ByteCounters` may be shared by many tunnels to get process-wide totals.
+    pub counters: Option<ByteCounters>,
+}
+
+/// Byte counters the metrics layer can read while tunnels run; cheap to clone (shared atomics).
+#[derive(Debug, Clone, Default)]
+pub struct ByteCounters {
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl ByteCounters {
+    /// Fresh counters at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes delivered client -> upstream so far (`direction="client_to_upstream"`, SPEC §7).
+    pub fn up(&self) -> u64 {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Bytes delivered upstream -> client so far (`direction="upstream_to_client"`, SPEC §7).
+    pub fn down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
+}
+
+/// Who ended a tunnel; the `closed_by` field of the access log (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClosedBy {
+    /// The client sent EOF first and both directions then finished, or the client's connection
+    /// failed (reset, broken pipe, EOF inside a TLS record).
+    Client,
+    /// Same as `Client`, for the upstream side.
+    Upstream,
+    /// No byte moved in either direction for `idle_timeout`.
+    Idle,
+    /// The graceful-shutdown deadline passed while the tunnel was open.
+    Drain,
+    /// An I/O failure that says nothing about which peer went away (e.g. a TLS protocol error).
+    Error,
+}
+
+impl ClosedBy {
+    /// The lowercase word used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedBy::Client => "client",
+            ClosedBy::Upstream => "upstream",
+            ClosedBy::Idle => "idle",
+            ClosedBy::Drain => "drain",
+            ClosedBy::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for ClosedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a finished tunnel reports to its caller for the access log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelOutcome {
+    /// Bytes delivered client -> upstream, early bytes included.
+    pub bytes_up: u64,
+    /// Bytes delivered upstream -> client, early bytes included.
+    pub bytes_down: u64,
+    /// Why it ended.
+    pub closed_by: ClosedBy,
+    /// From the call to [`run`] until both streams were closed.
+    pub duration: Duration,
+}
+
+/// Runs a tunnel to its end, then closes both legs (dropping them) and reports.
+///
+/// Each leg's early bytes go to the other side before anything read from its stream: the
+/// client's are what it sent right after its request head, the upstream's what it sent right
+/// after its 101 head (never drop them).
+///
+/// The tunnel ends when:
+/// - both directions reached EOF and each EOF was passed on as a write shutdown (half-close);
+///   `closed_by` is the side whose EOF came first;
+/// - a read, write or shutdown on either side fails; the other side is closed at once so its
+///   peer sees it; `closed_by` is the failing side, or `Error` if the failure is not a sign of
+///   that peer going away;
+/// - no byte moved either way for `cfg.idle_timeout` (`Idle`);
+/// - `drain` completes (`Drain`).
+///
+/// The returned future is `Send` when `D` is.
+pub async fn run<D>(client: Leg, upstream: Leg, cfg: &TunnelConfig, drain: D) -> TunnelOutcome
+where
+    D: Future<Output = ()>,
+{
+    let meter = Meter::new(cfg.counters.as_ref());
+    // The engine owns both legs: when this `select!` ends, dropping it closes both sockets,
+    // which is what tells each peer the tunnel is over.
+    let closed_by = tokio::select! {
+        biased;
+        () = drain => ClosedBy::Drain,
+        end = copy(client, upstream, &meter) => end.closed_by(),
+        () = idle_deadline(cfg.idle_timeout, &meter) => ClosedBy::Idle,
+    };
+    TunnelOutcome {
+        bytes_up: meter.bytes_up(),
+        bytes_down: meter.bytes_down(),
+        closed_by,
+        duration: meter.started().elapsed(),
+    }
+}
+
+/// Picks the copy engine for a pair of legs and runs it: the one place engines are chosen.
+///
+/// Every pair gets the buffered engine today. The `splice(2)` engine will take `(Leg::Tcp,
+/// Leg::Tcp)` pairs here, and the inspecting engine whatever a tunnel mode (a `run` argument
+/// added with it; with one mode only it would be a placeholder) asks to inspect.
+async fn copy(client: Leg, upstream: Leg, meter: &Meter<'_>) -> CopyEnd {
+    let (client, client_early) = client.into_io();
+    let (upstream, upstream_early) = upstream.into_io();
+    buffered::copy(client, client_early, upstream, upstream_early, meter).await
+}
+
+/// Waits until no byte has moved for `timeout`. One timer, re-armed only when it fires early:
+/// the copy loop just stores a timestamp per chunk.
+async fn idle_deadline(timeout: Option<Duration>, meter: &Meter<'_>) {
+    let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
+        return std::future::pending().await;
+    };
+    let Some(first) = meter.last_activity().checked_add(timeout) else {
+        return std::future::pending().await;
+    };
+    let sleep = tokio::time::sleep_until(first);
+    tokio::pin!(sleep);
+    loop {
+        sleep.as_mut().await;
+        let Some(deadline) = meter.last_activity().checked_add(timeout) else {
+            return std::future::pending().await;
+        };
+        if deadline <= Instant::now() {
+            return;
+        }
+        sleep.as_mut().reset(deadline);
+    }
+}
+
+/// How a copy engine finished; every engine returns this.
+#[derive(Debug)]
+enum CopyEnd {
+    /// Both directions saw EOF and passed it on; `first` sent its EOF first.
+    BothEof { first: Side },
+    /// I/O on `side` failed; the engine stopped at once.
+    Failed { side: Side, error: io::Error },
+}
+
+impl CopyEnd {
+    fn closed_by(self) -> ClosedBy {
+        let side_word = |side| match side {
+            Side::Client => ClosedBy::Client,
+            Side::Upstream => ClosedBy::Upstream,
+        };
+        match self {
+            CopyEnd::BothEof { first } => side_word(first),
+            CopyEnd::Failed { side, error } => {
+                tracing::debug!(side = ?side, cause = %error, "tunnel I/O failed");
+                if peer_went_away(&error) {
+                    side_word(side)
+                } else {
+                    ClosedBy::Error
+                }
+            }
+        }
+    }
+}
+
+/// Errors that mean the peer on that side closed, reset, or vanished.
+fn peer_went_away(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::WriteZero
+            | io::ErrorKind::TimedOut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
+    use tokio::time::timeout;
+
+    use super::testing::{LIMIT, PAUSED_LIMIT, duplex_rig, no_drain, read_all, rig, tcp_pair};
+    use super::*;
+
+    /// A reset from one side closes the other promptly and names the side that reset.
+    async fn reset_closes_other_side(reset_client: bool) {
+        let mut rig = rig(b"", b"", TunnelConfig::default(), no_drain()).await;
+        // Prove the tunnel is up before resetting.
+        rig.client_app.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        rig.upstream_app.read_exact(&mut got).await.unwrap();
+        let (resetter, mut survivor) = if reset_client {
+            (rig.client_app, rig.upstream_app)
+        } else {
+            (rig.upstream_app, rig.client_app)
+        };
+        resetter.set_zero_linger().unwrap();
+        drop(resetter);
+        let out = timeout(Duration::from_secs(2), rig.tunnel)
+            .await
+            .expect("tunnel still running 2s after a reset")
+            .unwrap();
+        let expected = if reset_client {
+            ClosedBy::Client
+        } else {
+            ClosedBy::Upstream
+        };
+        assert_eq!(out.closed_by, expected);
+        let mut rest = Vec::new();
+        let seen = timeout(Duration::from_secs(2), survivor.read_to_end(&mut rest))
+            .await
+            .expect("other side not closed within 2s");
+        assert!(seen.is_err() || rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn client_reset_closes_upstream_promptly() {
+        timeout(LIMIT, reset_closes_other_side(true)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn upstream_reset_closes_client_promptly() {
+        timeout(LIMIT, reset_closes_other_side(false))
+            .await
+            .unwrap();
+    }
+
+    /// On tokio's paused clock: the idle deadline fires exactly `idle_timeout` after the start of
+    /// a tunnel in which nothing moved, and both legs are closed.
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_ends_a_silent_tunnel_and_closes_both_sides() {
+        timeout(PAUSED_LIMIT, async {
+            let idle = Duration::from_secs(200);
+            let cfg = TunnelConfig {
+                idle_timeout: Some(idle),
+                counters: None,
+            };
+            let mut rig = duplex_rig(cfg, std::future::pending());
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Idle);
+            assert!(
+                out.duration >= idle && out.duration < idle + Duration::from_millis(10),
+                "fired after {:?}",
+                out.duration
+            );
+            assert_eq!(read_all(&mut rig.client_app).await, b"");
+            assert_eq!(read_all(&mut rig.upstream_app).await, b"");
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Traffic in one direction only keeps the whole tunnel alive; silence then ends it exactly
+    /// `idle_timeout` after the last byte (paused clock: the sleeps advance virtual time).
+    async fn slow_traffic_keeps_tunnel_open(client_talks: bool) {
+        let idle = Duration::from_secs(300);
+        let cfg = TunnelConfig {
+            idle_timeout: Some(idle),
+            counters: None,
+        };
+        let started = Instant::now();
+        let rig = duplex_rig(cfg, std::future::pending());
+        let (mut talker, mut listener) = if client_talks {
+            (rig.client_app, rig.upstream_app)
+        } else {
+            (rig.upstream_app, rig.client_app)
+        };
+        // Twelve bytes, 250 s apart: 3000 s in all, ten idle timeouts, never 300 s of silence.
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_secs(250)).await;
+            talker.write_all(b"k").await.unwrap();
+            let mut k = [0u8; 1];
+            listener.read_exact(&mut k).await.unwrap();
+        }
+        let busy_for = started.elapsed();
+        assert!(
+            !rig.tunnel.is_finished(),
+            "idle fired with traffic every 250s"
+        );
+        let out = rig.tunnel.await.unwrap();
+        assert_eq!(out.closed_by, ClosedBy::Idle);
+        let expected = busy_for + idle;
+        assert!(
+            out.duration >= expected && out.duration < expected + Duration::from_millis(10),
+            "ended after {:?}, expected {expected:?}",
+            out.duration
+        );
+        assert_eq!(out.bytes_up + out.bytes_down, 12);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_does_not_fire_while_client_sends_slowly() {
+        timeout(PAUSED_LIMIT, slow_traffic_keeps_tunnel_open(true))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_does_not_fire_while_upstream_sends_slowly() {
+        timeout(PAUSED_LIMIT, slow_traffic_keeps_tunnel_open(false))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_idle_timeout_means_never() {
+        timeout(PAUSED_LIMIT, async {
+            let cfg = TunnelConfig {
+                idle_timeout: Some(Duration::ZERO),
+                counters: None,
+            };
+            let (drain_tx, drain_rx) = oneshot::channel();
+            let rig = duplex_rig(cfg, testing::drain_on(drain_rx));
+            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+            assert!(!rig.tunnel.is_finished());
+            drain_tx.send(()).unwrap();
+            assert_eq!(rig.tunnel.await.unwrap().closed_by, ClosedBy::Drain);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A drain deadline ends a busy tunnel at its time, whatever the idle timeout says.
+    #[tokio::test(start_paused = true)]
+    async fn drain_deadline_ends_a_busy_tunnel_on_time() {
+        timeout(PAUSED_LIMIT, async {
+            let cfg = TunnelConfig {
+                idle_timeout: Some(Duration::from_secs(60)),
+                counters: None,
+            };
+            let grace = Duration::from_secs(30);
+            let mut rig = duplex_rig(cfg, tokio::time::sleep(grace));
+            let mut sent = 0u64;
+            while !rig.tunnel.is_finished() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if rig.client_app.write_all(b"x").await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Drain);
+            assert!(
+                out.duration >= grace && out.duration < grace + Duration::from_millis(10),
+                "drained after {:?}",
+                out.duration
+            );
+            assert!(sent >= 29, "only {sent} bytes sent before the drain");
+            assert_eq!(
+                read_all(&mut rig.upstream_app).await.len() as u64,
+                out.bytes_up
+            );
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn drain_ends_the_tunnel_and_closes_both_sides() {
+        timeout(LIMIT, async {
+            let (drain_tx, drain_rx) = oneshot::channel();
+            let mut rig = rig(b"", b"", TunnelConfig::default(), drain_rx).await;
+            rig.upstream_app.write_all(b"up").await.unwrap();
+            let mut got = [0u8; 2];
+            rig.client_app.read_exact(&mut got).await.unwrap();
+            drain_tx.send(()).unwrap();
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Drain);
+            assert_eq!((out.bytes_up, out.bytes_down), (0, 2));
+            assert_eq!(read_all(&mut rig.client_app).await, b"");
+            assert_eq!(read_all(&mut rig.upstream_app).await, b"");
+        })
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn closed_by_words_match_the_access_log() {
+        let words: Vec<String> = [
+            ClosedBy::Client,
+            ClosedBy::Upstream,
+            ClosedBy::Idle,
+            ClosedBy::Drain,
+            ClosedBy::Error,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(words, ["client", "upstream", "idle", "drain", "error"]);
+    }
+
+    #[test]
+    fn only_peer_failures_are_attributed_to_a_side() {
+        let reset = CopyEnd::Failed {
+            side: Side::Upstream,
+            error: io::ErrorKind::ConnectionReset.into(),
+        };
+        assert_eq!(reset.closed_by(), ClosedBy::Upstream);
+        let tls = CopyEnd::Failed {
+            side: Side::Client,
+            error: io::ErrorKind::InvalidData.into(),
+        };
+        assert_eq!(tls.closed_by(), ClosedBy::Error);
+    }
+
+    #[test]
+    fn tunnel_future_is_send_for_both_kinds_of_leg() {
+        fn assert_send<T: Send>(_: &T) {}
+        let cfg = TunnelConfig::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, b) = tcp_pair().await;
+            let fut = run(
+                Leg::tcp(a, Bytes::new()),
+                Leg::stream(b, Bytes::new()),
+                &cfg,
+                async {},
+            );
+            assert_send(&fut);
+        });
+    }
+}

@@ -1,0 +1,109 @@
+//! Rigs shared by the tunnel's unit tests: loopback TCP pairs, in-memory duplex pairs, and a
+//! tunnel running between two of them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{Rng, RngCore, SeedableRng};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{Leg, TunnelConfig, TunnelOutcome, run};
+
+/// Bound on every wall-clock test.
+pub(super) const LIMIT: Duration = Duration::from_secs(30);
+
+/// A connected loopback pair: (the application's end, the gateway's end).
+pub(super) async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (app, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (app.unwrap(), accepted.unwrap().0)
+}
+
+/// A tunnel running in its own task, and the applications at both of its ends.
+pub(super) struct Rig<S> {
+    pub(super) client_app: S,
+    pub(super) upstream_app: S,
+    pub(super) tunnel: JoinHandle<TunnelOutcome>,
+}
+
+/// Starts a tunnel between two loopback pairs (TCP legs); `drain` fires when its sender sends.
+pub(super) async fn rig(
+    client_early: &'static [u8],
+    upstream_early: &'static [u8],
+    cfg: TunnelConfig,
+    drain: oneshot::Receiver<()>,
+) -> Rig<TcpStream> {
+    let (client_app, client_gw) = tcp_pair().await;
+    let (upstream_app, upstream_gw) = tcp_pair().await;
+    let client = Leg::tcp(client_gw, Bytes::from_static(client_early));
+    let upstream = Leg::tcp(upstream_gw, Bytes::from_static(upstream_early));
+    let tunnel = tokio::spawn(async move { run(client, upstream, &cfg, drain_on(drain)).await });
+    Rig {
+        client_app,
+        upstream_app,
+        tunnel,
+    }
+}
+
+/// Starts a tunnel between two in-memory pairs (stream legs, no early bytes), for tests on
+/// tokio's paused clock; `drain` is the drain future itself.
+pub(super) fn duplex_rig<D>(cfg: TunnelConfig, drain: D) -> Rig<DuplexStream>
+where
+    D: Future<Output = ()> + Send + 'static,
+{
+    let (client_app, client_gw) = tokio::io::duplex(1024);
+    let (upstream_app, upstream_gw) = tokio::io::duplex(1024);
+    let client = Leg::stream(client_gw, Bytes::new());
+    let upstream = Leg::stream(upstream_gw, Bytes::new());
+    let tunnel = tokio::spawn(async move { run(client, upstream, &cfg, drain).await });
+    Rig {
+        client_app,
+        upstream_app,
+        tunnel,
+    }
+}
+
+/// The drain future for `rx`: completes when its sender sends; a dropped sender means never.
+pub(super) async fn drain_on(rx: oneshot::Receiver<()>) {
+    if rx.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A drain signal that never fires.
+pub(super) fn no_drain() -> oneshot::Receiver<()> {
+    oneshot::channel().1
+}
+
+pub(super) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// Writes `data` in random-sized pieces, then half-closes.
+pub(super) async fn write_in_pieces<W: AsyncWrite + Unpin>(mut w: W, data: Vec<u8>, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        let n = rng.gen_range(1..=65_536).min(rest.len());
+        w.write_all(&rest[..n]).await.unwrap();
+        rest = &rest[n..];
+    }
+    w.shutdown().await.unwrap();
+}
+
+pub(super) async fn read_all<R: AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).await.unwrap();
+    v
+}
+
+/// Bound on every test on tokio's paused clock. Virtual time: a stuck test jumps straight to it.
+pub(super) const PAUSED_LIMIT: Duration = Duration::from_secs(30 * 24 * 3600);
