@@ -8,27 +8,27 @@ use crate::tunnel::TunnelOutcome;
 
 /// What is known about one request as it goes through the gateway. Absent values log as `-`.
 #[derive(Debug, Clone)]
-pub struct AccessRecord {
-    pub client: SocketAddr,
-    pub started: Instant,
-    pub http_version: &'static str,
-    pub host: String,
-    pub path: String,
+pub(crate) struct AccessRecord {
+    pub(crate) client: SocketAddr,
+    pub(crate) started: Instant,
+    pub(crate) http_version: &'static str,
+    pub(crate) host: String,
+    pub(crate) path: String,
     /// The matched route's path (the metrics `route` label); `None` when nothing matched.
-    pub route: Option<String>,
-    pub ws_version: Option<u8>,
-    pub subprotocol: Option<String>,
-    pub upstream: Option<String>,
-    pub status: u16,
+    pub(crate) route: Option<String>,
+    pub(crate) ws_version: Option<u8>,
+    pub(crate) subprotocol: Option<String>,
+    pub(crate) upstream: Option<String>,
+    pub(crate) status: u16,
     /// Time from the request head to the answer.
-    pub handshake: Duration,
+    pub(crate) handshake: Duration,
 }
 
 const NONE: &str = "-";
 
 impl AccessRecord {
     /// Starts a record for a request from `client`.
-    pub fn new(client: SocketAddr, http_version: &'static str) -> Self {
+    pub(crate) fn new(client: SocketAddr, http_version: &'static str) -> Self {
         AccessRecord {
             client,
             started: Instant::now(),
@@ -45,19 +45,19 @@ impl AccessRecord {
     }
 
     /// The metrics `route` label.
-    pub fn route_label(&self) -> &str {
+    pub(crate) fn route_label(&self) -> &str {
         self.route.as_deref().unwrap_or(crate::metrics::NO_ROUTE)
     }
 
     /// Logs the handshake outcome (`status` is what the client was answered).
-    pub fn log_handshake(&mut self, status: u16) {
+    pub(crate) fn log_handshake(&mut self, status: u16) {
         self.status = status;
         self.handshake = self.started.elapsed();
         self.emit("handshake", self.handshake, 0, 0, NONE);
     }
 
     /// Logs a closed tunnel opened by this handshake.
-    pub fn log_tunnel(&self, outcome: &TunnelOutcome) {
+    pub(crate) fn log_tunnel(&self, outcome: &TunnelOutcome) {
         let closed_by = outcome.closed_by.to_string();
         self.emit(
             "tunnel closed",

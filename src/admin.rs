@@ -21,7 +21,7 @@ use crate::gateway::Gateway;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves admin requests until the process exits.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+pub(crate) async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
     let local = listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());

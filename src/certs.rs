@@ -27,11 +27,11 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// Names a server certificate is made for when `--name` is not given (SPEC §1).
-pub const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+pub(crate) const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// Validity of what `certs` writes: two years, short enough for clients (Apple platforms) that
 /// refuse TLS server certificates valid for more than 825 days.
-pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(2 * 365 * 24 * 60 * 60);
+pub(crate) const DEFAULT_VALIDITY: Duration = Duration::from_secs(2 * 365 * 24 * 60 * 60);
 
 /// How far `notBefore` is back-dated, so that a client whose clock runs a little behind still
 /// accepts a certificate made a moment ago.

@@ -9,7 +9,7 @@ use http::{HeaderValue, Method, Response, StatusCode, Version};
 
 /// Why a handshake was not tunnelled. Client faults are 4xx, upstream faults 502/504, capacity 503/429.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Reject {
+pub(crate) enum Reject {
     #[error("request head larger than {limit} bytes")]
     HeadTooLarge { limit: usize },
     #[error("malformed request head")]
@@ -66,7 +66,7 @@ pub enum Reject {
 /// RFC 6455 §4.1 client rule (and RFC 9110 rule, for other tokens) that the gateway checks,
 /// plus the transport faults of the upgrade client. `Display` is the reason in the 502 body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamFault {
+pub(crate) enum UpstreamFault {
     /// §4.1 client step 1: the status is not 101.
     #[error("status {} is not 101", .status.as_u16())]
     NotSwitching { status: StatusCode },
@@ -110,7 +110,7 @@ pub enum UpstreamFault {
 /// How a request reached the gateway. The few handshake rules that differ by carrier ask it
 /// (one method per rule), so a new carrier is one variant here and one front in `gateway`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Carrier {
+pub(crate) enum Carrier {
     /// HTTP/1.x: an upgrade is `GET` with `Upgrade`/`Connection`; answers may close the connection.
     H1,
     /// HTTP/2: an upgrade is an extended CONNECT (RFC 8441) on one stream of a shared connection.
@@ -121,7 +121,7 @@ impl Carrier {
     /// RFC 8441 §4 (HTTP/2; RFC 9220 does the same for HTTP/3): the upgrade is a CONNECT with
     /// `:protocol`, routed on `:authority`, answered 200 with no key exchange and without
     /// connection-specific headers (RFC 9113 §8.2.2), and the connection outlives the stream.
-    pub fn extended_connect(self) -> bool {
+    pub(crate) fn extended_connect(self) -> bool {
         match self {
             Carrier::H1 => false,
             Carrier::H2 => true,
@@ -129,7 +129,7 @@ impl Carrier {
     }
 
     /// The HTTP version of the answers the gateway writes on this carrier.
-    pub fn version(self) -> Version {
+    pub(crate) fn version(self) -> Version {
         match self {
             Carrier::H1 => Version::HTTP_11,
             Carrier::H2 => Version::HTTP_2,
@@ -137,7 +137,7 @@ impl Carrier {
     }
 
     /// The method an upgrade must use: `GET` (RFC 6455 §4.2.1 item 1) or CONNECT (RFC 8441 §4).
-    pub fn upgrade_method(self) -> Method {
+    pub(crate) fn upgrade_method(self) -> Method {
         if self.extended_connect() {
             Method::CONNECT
         } else {
@@ -148,7 +148,7 @@ impl Carrier {
 
 impl Reject {
     /// The status answered for this failure.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Reject::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::MalformedHead
@@ -177,7 +177,7 @@ impl Reject {
 
     /// The complete answer: status, the headers SPEC §3 names for this row, and a `text/plain`
     /// body naming the reason. On HTTP/1 it always carries `Connection: close`.
-    pub fn response(&self, carrier: Carrier) -> Response<Bytes> {
+    pub(crate) fn response(&self, carrier: Carrier) -> Response<Bytes> {
         let mut res = Response::new(Bytes::from(format!("{self}\n")));
         *res.status_mut() = self.status();
         let h = res.headers_mut();

@@ -11,11 +11,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::error::Reject;
 
 /// Most header lines accepted in one head; hyper is configured with the same number.
-pub const MAX_HEADERS: usize = 256;
+pub(crate) const MAX_HEADERS: usize = 256;
 
 /// Why no head could be read.
 #[derive(Debug)]
-pub enum HeadError {
+pub(crate) enum HeadError {
     /// Answer this and close.
     Reject(Reject),
     /// The client went away, sent nothing in time, or the socket failed: close without a word.
@@ -24,7 +24,7 @@ pub enum HeadError {
 
 /// Reads until one complete request head is buffered (it may be followed by early bytes) and
 /// returns everything read.
-pub async fn read_head<S>(
+pub(crate) async fn read_head<S>(
     io: &mut S,
     max_bytes: usize,
     timeout: Duration,

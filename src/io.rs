@@ -25,19 +25,19 @@ use crate::tunnel::Leg;
 
 /// A stream that yields `prefix` before reading from `inner`.
 #[derive(Debug)]
-pub struct Rewind<T> {
+pub(crate) struct Rewind<T> {
     prefix: Bytes,
     inner: T,
 }
 
 impl<T> Rewind<T> {
     /// Wraps `inner`; `prefix` is read first.
-    pub fn new(prefix: Bytes, inner: T) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
         Rewind { prefix, inner }
     }
 
     /// The bytes not yet replayed, and the inner stream.
-    pub fn into_parts(self) -> (Bytes, T) {
+    pub(crate) fn into_parts(self) -> (Bytes, T) {
         (self.prefix, self.inner)
     }
 }
@@ -86,7 +86,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 
 /// A connection to an upstream server: plain TCP, or TLS when the upstream has `tls = true`.
 #[derive(Debug)]
-pub enum UpstreamStream {
+pub(crate) enum UpstreamStream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -137,7 +137,7 @@ impl AsyncWrite for UpstreamStream {
 /// The listener serves h1 over `TokioIo<Rewind<S>>`, `S` a plain `TcpStream` or a server TLS
 /// stream; both are recovered. Any other type stays the `Upgraded` itself, which still replays
 /// its own read buffer, so no early byte is lost either way.
-pub fn h1_client_leg(upgraded: Upgraded) -> Leg {
+pub(crate) fn h1_client_leg(upgraded: Upgraded) -> Leg {
     let upgraded = match upgraded.downcast::<TokioIo<Rewind<TcpStream>>>() {
         Ok(parts) => {
             let (stream, early) = rewound(parts);
@@ -157,14 +157,14 @@ pub fn h1_client_leg(upgraded: Upgraded) -> Leg {
 /// The client side of an h2 tunnel (one stream of the connection) as a leg. h2 streams cannot
 /// be downcast (hyper's type is private) and carry no read buffer: hyper delivers every DATA
 /// frame through the stream.
-pub fn h2_client_leg(upgraded: Upgraded) -> Leg {
+pub(crate) fn h2_client_leg(upgraded: Upgraded) -> Leg {
     Leg::stream(H2ClientStream(TokioIo::new(upgraded)), Bytes::new())
 }
 
 /// The upstream side of a tunnel as a leg: hyper's client connection ran over
 /// `TokioIo<UpstreamStream>` (`Upstreams::upgrade`); its plain TCP variant becomes a TCP leg.
 /// The early bytes are what the upstream sent right behind its 101 head.
-pub fn upstream_leg(upgraded: Upgraded) -> Leg {
+pub(crate) fn upstream_leg(upgraded: Upgraded) -> Leg {
     match upgraded.downcast::<TokioIo<UpstreamStream>>() {
         Ok(parts) => match parts.io.into_inner() {
             UpstreamStream::Tcp(stream) => Leg::tcp(stream, parts.read_buf),

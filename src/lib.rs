@@ -1,38 +1,50 @@
 //! switchyard: a reverse-proxy upgrade gateway.
 //!
-//! The life of a client connection, module by module:
+//! The life of a client connection, module by module (no module reaches up into one above it):
 //!
 //! ```text
-//! listener  accept, connection limits (503/429), TLS, the first request head (431, timeout)
-//!   -> gateway   one hyper service for HTTP/1.1 and h2: routes the request, runs the handshake
-//!   -> handshake PURE: Upgrade/Connection tokens, version (RFC 6455 §4.4), key, origin,
-//!                subprotocol choice, the upstream request, checking the upstream's 101
-//!   -> route     PURE: host/path -> route
-//!   -> upstream  pick a server, dial (TCP/TLS), send the upgrade, read its answer
-//!   -> tunnel    the hot path: bytes both ways, half-close, idle deadline; knows no HTTP
-//!   -> access    one log event per handshake and per closed tunnel; metrics alongside
+//! listener   accept, PROXY header (proxy_protocol), admission (limits: 503/429), TLS (tls:
+//!            SNI cert, ALPN), the first HTTP/1 head (head: 431, timeout), then hyper h1 | h2
+//!   -> gateway    hyper_front: one thin front per carrier turning its requests into
+//!                 dispatch:  the carrier-neutral step (route, §3 checks, subprotocol,
+//!                            upstream choice, upstream upgrade, checked 101) -> typed outcome
+//!                 tunnels:   the task that runs and logs a switched handshake's tunnel
+//!   -> handshake  PURE: Upgrade/Connection tokens, version (RFC 6455 §4.4), key, origin,
+//!                 subprotocol choice, the upstream request, checking the upstream's 101
+//!   -> route      PURE: host/path -> route
+//!   -> upstream   pool (verdicts, leases), balance (pick order), dial (Connect: TCP, PROXY
+//!                 header, TLS), upgrade (one head out, one answer in), http (keep-alive
+//!                 proxy for ordinary requests), health (active checks)
+//!   -> io         stream adapters: Rewind, UpstreamStream, hyper's Upgraded -> tunnel Leg
+//!   -> tunnel     the hot path: policy (deadlines, drain, outcome), legs (raw TCP + early
+//!                 bytes | any stream), one file per copy engine; knows no HTTP
+//!   -> access     one log event per handshake and per closed tunnel; metrics alongside
 //! ```
 //!
-//! Failures become HTTP answers in exactly one place, [`error::Reject::response`].
+//! Around it: `config` (raw serde -> validated model; defaults named once), `error` (every
+//! failure and the ONLY failure -> HTTP answer mapping, [`error::Reject::response`]; the
+//! `Carrier`), `run` (bind, SIGHUP reload, drain), `shutdown`, `admin` (/healthz /readyz
+//! /metrics), `metrics`, `proxy_protocol`, `sockopt`, `limits`, `certs` (dev certificates) and
+//! `demo`. Only what `main.rs` calls is public.
 
-pub mod access;
-pub mod admin;
+mod access;
+mod admin;
 pub mod certs;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod gateway;
-pub mod handshake;
-pub mod head;
-pub mod io;
-pub mod limits;
-pub mod listener;
-pub mod metrics;
-pub mod proxy_protocol;
-pub mod route;
+mod error;
+mod gateway;
+mod handshake;
+mod head;
+mod io;
+mod limits;
+mod listener;
+mod metrics;
+mod proxy_protocol;
+mod route;
 pub mod run;
-pub mod shutdown;
-pub mod sockopt;
-pub mod tls;
-pub mod tunnel;
-pub mod upstream;
+mod shutdown;
+mod sockopt;
+mod tls;
+mod tunnel;
+mod upstream;

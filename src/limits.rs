@@ -10,7 +10,7 @@ use crate::error::Reject;
 
 /// Counts open client connections, in total and per client address.
 #[derive(Debug, Default)]
-pub struct ConnLimiter {
+pub(crate) struct ConnLimiter {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -18,7 +18,7 @@ pub struct ConnLimiter {
 /// Proof that a connection was admitted; dropping it frees the slot. Shared (in an `Arc`) by a
 /// connection and the tunnels it opens, so the slot lives as long as any of them.
 #[derive(Debug)]
-pub struct ConnPermit {
+pub(crate) struct ConnPermit {
     limiter: Arc<ConnLimiter>,
     ip: IpAddr,
 }
@@ -26,7 +26,7 @@ pub struct ConnPermit {
 impl ConnLimiter {
     /// Admits a connection from `ip` unless that would exceed `max_total` (503) or `max_per_ip`
     /// (429). Limits are passed per call so a reload applies to the next connection.
-    pub fn admit(
+    pub(crate) fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
         max_total: usize,
@@ -51,11 +51,6 @@ impl ConnLimiter {
             limiter: Arc::clone(self),
             ip,
         })
-    }
-
-    /// Open client connections right now.
-    pub fn open(&self) -> usize {
-        self.total.load(Ordering::Acquire)
     }
 }
 
@@ -94,9 +89,9 @@ mod tests {
         let p2 = l.admit(b, 3, Some(1)).unwrap();
         let p3 = l.admit("127.0.0.3".parse().unwrap(), 3, None).unwrap();
         assert_eq!(l.admit(b, 3, None).unwrap_err(), Reject::TooManyConnections);
-        assert_eq!(l.open(), 3);
+        assert_eq!(l.total.load(Ordering::Acquire), 3);
         drop((p1, p2, p3));
-        assert_eq!(l.open(), 0);
+        assert_eq!(l.total.load(Ordering::Acquire), 0);
         assert!(l.per_ip.lock().unwrap().is_empty());
         let _again = l.admit(a, 3, Some(1)).unwrap();
     }

@@ -30,7 +30,7 @@ use crate::proxy_protocol::{self, ProxiedAddrs};
 use crate::shutdown::Shutdown;
 
 /// Binds `addr`; the error names the address and the OS error (exit code 1 in `main`).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| BindError { addr, source })
@@ -40,13 +40,13 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}")]
 pub struct BindError {
-    pub addr: SocketAddr,
-    pub source: io::Error,
+    pub(crate) addr: SocketAddr,
+    pub(crate) source: io::Error,
 }
 
 /// The next connection on `listener`. Accept errors (EMFILE and friends) are logged and retried
 /// after a short pause instead of spinning: the listener itself is fine.
-pub async fn accept(listener: &TcpListener, local: &str) -> (TcpStream, SocketAddr) {
+pub(crate) async fn accept(listener: &TcpListener, local: &str) -> (TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
             Ok(accepted) => return accepted,
@@ -60,7 +60,7 @@ pub async fn accept(listener: &TcpListener, local: &str) -> (TcpStream, SocketAd
 
 /// Accepts connections until the gateway starts draining. With `proxy_protocol` every connection
 /// must start with a PROXY v1/v2 header (SPEC §7).
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,

@@ -44,7 +44,7 @@ struct ServerLabels {
 
 /// Every metric the gateway exports, registered once at start-up and shared by all connections.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     handshakes: Family<HandshakeLabels, Counter>,
     tunnels_active: Family<TunnelLabels, Gauge>,
@@ -58,7 +58,7 @@ pub struct Metrics {
 }
 
 /// Label value for a request that matched no route.
-pub const NO_ROUTE: &str = "none";
+pub(crate) const NO_ROUTE: &str = "none";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -125,7 +125,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// One handshake outcome; `route` is the route's path or [`NO_ROUTE`].
-    pub fn handshake(&self, route: &str, status: u16) {
+    pub(crate) fn handshake(&self, route: &str, status: u16) {
         self.handshakes
             .get_or_create(&HandshakeLabels {
                 route: route.to_owned(),
@@ -135,7 +135,7 @@ impl Metrics {
     }
 
     /// A tunnel opened; the returned guard marks it closed when dropped.
-    pub fn tunnel_opened(&self, route: &str, subprotocol: &str) -> ActiveTunnel {
+    pub(crate) fn tunnel_opened(&self, route: &str, subprotocol: &str) -> ActiveTunnel {
         let gauge = self
             .tunnels_active
             .get_or_create(&TunnelLabels {
@@ -149,29 +149,24 @@ impl Metrics {
 
     /// The process-wide byte counters every tunnel adds to as it delivers bytes (pass them as
     /// `TunnelConfig::counters`), so `switchyard_tunnel_bytes_total` includes open tunnels.
-    pub fn tunnel_counters(&self) -> ByteCounters {
+    pub(crate) fn tunnel_counters(&self) -> ByteCounters {
         self.tunnel_bytes.clone()
     }
 
     /// A tunnel closed after `lifetime`.
-    pub fn tunnel_closed(&self, lifetime: Duration) {
+    pub(crate) fn tunnel_closed(&self, lifetime: Duration) {
         self.tunnel_duration.observe(lifetime.as_secs_f64());
     }
 
-    /// A successful upstream connect took `elapsed`.
-    pub fn upstream_connected(&self, elapsed: Duration) {
-        self.upstream_connect.observe(elapsed.as_secs_f64());
-    }
-
     /// The connect-time histogram, for the upstream pools that observe it.
-    pub fn upstream_connect_histogram(&self) -> Histogram {
+    pub(crate) fn upstream_connect_histogram(&self) -> Histogram {
         self.upstream_connect.clone()
     }
 
     /// The per-server series of `server` in `upstream`, marked up: a pool built from a (re)loaded
     /// configuration starts with every server in rotation. A server kept across a reload gets the
     /// same series back, so its tunnel and failure counts carry on.
-    pub fn upstream_server(&self, upstream: &str, server: &str) -> ServerMetrics {
+    pub(crate) fn upstream_server(&self, upstream: &str, server: &str) -> ServerMetrics {
         let labels = ServerLabels {
             upstream: upstream.to_owned(),
             server: server.to_owned(),
@@ -189,7 +184,7 @@ impl Metrics {
 
     /// Drops the series of a server that a reload removed, so `/metrics` lists only configured
     /// servers. Tunnels still open on it keep counting on their detached handles.
-    pub fn forget_upstream_server(&self, upstream: &str, server: &str) {
+    pub(crate) fn forget_upstream_server(&self, upstream: &str, server: &str) {
         let labels = ServerLabels {
             upstream: upstream.to_owned(),
             server: server.to_owned(),
@@ -200,7 +195,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything above.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -234,7 +229,7 @@ impl Collector for TunnelBytes {
 
 /// Keeps `switchyard_tunnels_active` up while a tunnel lives.
 #[derive(Debug)]
-pub struct ActiveTunnel {
+pub(crate) struct ActiveTunnel {
     gauge: Gauge,
 }
 
@@ -247,7 +242,7 @@ impl Drop for ActiveTunnel {
 /// Handles on one upstream server's series, held by the server itself so that the hot path
 /// does no label lookup.
 #[derive(Debug, Clone, Default)]
-pub struct ServerMetrics {
+pub(crate) struct ServerMetrics {
     up: Gauge,
     active_tunnels: Gauge,
     connect_failures: Counter,
@@ -255,22 +250,22 @@ pub struct ServerMetrics {
 
 impl ServerMetrics {
     /// Whether the server is in rotation.
-    pub fn set_up(&self, up: bool) {
+    pub(crate) fn set_up(&self, up: bool) {
         self.up.set(i64::from(up));
     }
 
     /// A tunnel to this server opened.
-    pub fn tunnel_opened(&self) {
+    pub(crate) fn tunnel_opened(&self) {
         self.active_tunnels.inc();
     }
 
     /// A tunnel to this server closed.
-    pub fn tunnel_closed(&self) {
+    pub(crate) fn tunnel_closed(&self) {
         self.active_tunnels.dec();
     }
 
     /// A connect to this server failed or timed out.
-    pub fn connect_failed(&self) {
+    pub(crate) fn connect_failed(&self) {
         self.connect_failures.inc();
     }
 }
@@ -285,7 +280,7 @@ mod tests {
         m.handshake("/chat", 101);
         m.handshake(NO_ROUTE, 404);
         let t = m.tunnel_opened("/chat", "chat.v2");
-        m.upstream_connected(Duration::from_millis(2));
+        m.upstream_connect_histogram().observe(0.002);
         let text = m.render();
         assert!(
             text.contains(r#"switchyard_handshakes_total{route="/chat",status="101"} 1"#),

@@ -38,24 +38,24 @@ const V1_TCP_SEPARATORS: usize = 5;
 /// The two ends of the client connection as a PROXY header names them (or as the gateway sees
 /// them when there is no header): who connected, and to which address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProxiedAddrs {
-    pub source: SocketAddr,
-    pub destination: SocketAddr,
+pub(crate) struct ProxiedAddrs {
+    pub(crate) source: SocketAddr,
+    pub(crate) destination: SocketAddr,
 }
 
 /// A complete header at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// Its length in bytes; what follows belongs to the next protocol (TLS or HTTP).
-    pub len: usize,
+    pub(crate) len: usize,
     /// `None` for v1 `UNKNOWN`, v2 `LOCAL` and v2 families without IP addresses: the receiver then
     /// keeps the socket's addresses (proxy-protocol.txt §2.1, §2.2).
-    pub addrs: Option<ProxiedAddrs>,
+    pub(crate) addrs: Option<ProxiedAddrs>,
 }
 
 /// What [`parse`] found at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parse {
+pub(crate) enum Parse {
     Complete(Header),
     /// Could still become a valid header; it needs at least `at_least` (≥ 1) more bytes, and
     /// reading exactly that many never reads past the header.
@@ -66,7 +66,7 @@ pub enum Parse {
 
 /// Why a connection on a `proxy_protocol` listener is closed without an answer.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("invalid PROXY header: {0}")]
     Invalid(String),
     #[error("no complete PROXY header within {0:?}")]
@@ -77,7 +77,7 @@ pub enum ProxyError {
 
 /// Parses the PROXY header at the start of `buf` (bytes after it are ignored). v2 is recognised
 /// by its first byte (`\r`, the signature's start), anything else is taken as v1.
-pub fn parse(buf: &[u8]) -> Result<Parse, ProxyError> {
+pub(crate) fn parse(buf: &[u8]) -> Result<Parse, ProxyError> {
     match buf.first() {
         None => Ok(Parse::Incomplete {
             at_least: MIN_HEADER_LEN,
@@ -181,7 +181,7 @@ fn v1_min_remaining(buf: &[u8]) -> usize {
 
 /// Reads a PROXY header from `io` within `timeout`, consuming exactly its bytes. `Ok(None)`: a
 /// valid header that carries no client address (v1 `UNKNOWN`, v2 `LOCAL`).
-pub async fn read_header<S>(
+pub(crate) async fn read_header<S>(
     io: &mut S,
     timeout: Duration,
 ) -> Result<Option<ProxiedAddrs>, ProxyError>
@@ -211,7 +211,7 @@ where
 /// The header an upstream with `send_proxy_protocol = version` gets before anything else.
 /// Both addresses are put in one family as the protocol requires: IPv4-mapped IPv6 addresses
 /// become IPv4, and when the two still differ the IPv4 one is written IPv4-mapped.
-pub fn encode(version: ProxyVersion, addrs: ProxiedAddrs) -> io::Result<Vec<u8>> {
+pub(crate) fn encode(version: ProxyVersion, addrs: ProxiedAddrs) -> io::Result<Vec<u8>> {
     let (source, destination) = same_family(addrs.source, addrs.destination);
     match version {
         ProxyVersion::V1 => {

@@ -13,7 +13,7 @@ use crate::config::{HostPattern, RouteConfig};
 
 /// The configured routes indexed by host class, for cheap per-request lookups.
 #[derive(Debug, Clone)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<RouteConfig>,
     /// Lower-cased host name (IPv6 without brackets) -> route indices in file order.
     exact: HashMap<String, Vec<usize>>,
@@ -25,7 +25,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Indexes `routes`; indices returned by [`RouteTable::find`] refer to this slice.
-    pub fn new(routes: &[RouteConfig]) -> Self {
+    pub(crate) fn new(routes: &[RouteConfig]) -> Self {
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
         let mut suffix: Vec<(String, Vec<usize>)> = Vec::new();
         let mut any = Vec::new();
@@ -60,7 +60,7 @@ impl RouteTable {
     /// The route for a request. `host` is the `Host` header or h2 `:authority` as received (port
     /// ignored, case-insensitive, `[v6]:port` understood); `path_and_query` is the request
     /// target in origin form. Among equally long prefixes the first in file order wins.
-    pub fn find(&self, host: &str, path_and_query: &str) -> Option<&RouteConfig> {
+    pub(crate) fn find(&self, host: &str, path_and_query: &str) -> Option<&RouteConfig> {
         let host = host_name(host);
         let class: &[usize] = if let Some(list) = self.exact.get(host.as_ref()) {
             list

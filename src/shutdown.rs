@@ -11,7 +11,7 @@ use tokio::sync::{Notify, watch};
 /// Shared shutdown state: a "draining" flag, a "deadline passed" flag, and a count of tracked
 /// connections and tunnels.
 #[derive(Debug, Clone)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     draining: watch::Sender<bool>,
     expired: watch::Sender<bool>,
     live: Arc<Live>,
@@ -25,7 +25,7 @@ struct Live {
 
 /// Held by a connection or tunnel while it runs; the drain waits for all of them.
 #[derive(Debug)]
-pub struct Tracked {
+pub(crate) struct Tracked {
     live: Arc<Live>,
 }
 
@@ -49,7 +49,7 @@ impl Default for Shutdown {
 
 impl Shutdown {
     /// Counts a connection or tunnel until the returned guard is dropped.
-    pub fn track(&self) -> Tracked {
+    pub(crate) fn track(&self) -> Tracked {
         self.live.count.fetch_add(1, Ordering::AcqRel);
         Tracked {
             live: Arc::clone(&self.live),
@@ -57,25 +57,25 @@ impl Shutdown {
     }
 
     /// Whether a drain has begun (`/readyz` answers 503).
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         *self.draining.borrow()
     }
 
     /// Completes when a drain begins: listeners stop accepting.
-    pub async fn draining(&self) {
+    pub(crate) async fn draining(&self) {
         let mut rx = self.draining.subscribe();
         let _ = rx.wait_for(|d| *d).await;
     }
 
     /// Completes when the drain deadline has passed: open tunnels are closed with `drain`.
-    pub async fn expired(&self) {
+    pub(crate) async fn expired(&self) {
         let mut rx = self.expired.subscribe();
         let _ = rx.wait_for(|d| *d).await;
     }
 
     /// Begins a drain and waits until every tracked connection and tunnel has ended or `grace` has
     /// passed; then tells the remaining ones to close and waits (bounded) for them to do so.
-    pub async fn drain(&self, grace: Duration) {
+    pub(crate) async fn drain(&self, grace: Duration) {
         self.draining.send_replace(true);
         if tokio::time::timeout(grace, self.all_ended()).await.is_err() {
             self.expired.send_replace(true);

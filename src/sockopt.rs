@@ -11,15 +11,15 @@ use tokio::net::TcpStream;
 /// vanished without a FIN or RST (power loss, a NAT or firewall that forgot the flow) is noticed
 /// in minutes rather than the kernel default of two hours, and well under the 5 min default
 /// `idle_timeout`, so a NAT on the path keeps the mapping of an open tunnel.
-pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
 /// Between unanswered keepalive probes: 10 s.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Unanswered probes before the kernel resets the connection: 6, so a dead peer is detected
 /// about 2 minutes (60 s + 6 x 10 s) after its last sign of life. The tunnel then sees the error
 /// and closes the other side (SPEC §5).
-pub const KEEPALIVE_RETRIES: u32 = 6;
+pub(crate) const KEEPALIVE_RETRIES: u32 = 6;
 
 /// Applies the gateway's TCP options to a connected socket:
 /// - `TCP_NODELAY`: a tunnel forwards WebSocket frames as they come; Nagle's algorithm would hold
@@ -27,7 +27,7 @@ pub const KEEPALIVE_RETRIES: u32 = 6;
 /// - `SO_KEEPALIVE` with [`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`] and [`KEEPALIVE_RETRIES`]
 ///   (RFC 1122 §4.2.3.6), so dead peers do not hold tunnels, file descriptors and connection
 ///   slots forever when `idle_timeout = "0s"`.
-pub fn tune(tcp: &TcpStream) -> io::Result<()> {
+pub(crate) fn tune(tcp: &TcpStream) -> io::Result<()> {
     tcp.set_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)

@@ -24,7 +24,7 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use model::*;
+pub(crate) use model::*;
 
 use locate::Locator;
 use raw::RawConfig;
@@ -78,20 +78,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors {
     /// The config file, as given to [`load`].
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Never empty.
-    pub errors: Vec<ConfigError>,
+    pub(crate) errors: Vec<ConfigError>,
 }
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub(crate) struct ConfigError {
     /// 1-based line of the offending key or value, when known.
-    pub line: Option<usize>,
+    pub(crate) line: Option<usize>,
     /// Dotted key path such as `limits.bogus_key` or `route[0].fallback`, when known.
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     /// What is wrong, quoting the offending value; a single line.
-    pub problem: String,
+    pub(crate) problem: String,
 }
 
 impl fmt::Display for ConfigErrors {

@@ -18,108 +18,108 @@ use super::defaults;
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this configuration was read from (reloaded from there on SIGHUP).
-    pub source: PathBuf,
-    pub listeners: Vec<ListenerConfig>,
-    pub admin: Option<AdminConfig>,
-    pub websocket: WebSocketConfig,
-    pub limits: Limits,
+    pub(crate) source: PathBuf,
+    pub(crate) listeners: Vec<ListenerConfig>,
+    pub(crate) admin: Option<AdminConfig>,
+    pub(crate) websocket: WebSocketConfig,
+    pub(crate) limits: Limits,
     /// Upstreams by name; every name a route mentions is a key here.
-    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub(crate) upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routes in file order.
-    pub routes: Vec<RouteConfig>,
+    pub(crate) routes: Vec<RouteConfig>,
 }
 
 /// One `[[listener]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerConfig {
-    pub bind: SocketAddr,
+pub(crate) struct ListenerConfig {
+    pub(crate) bind: SocketAddr,
     /// Offer `h2` by ALPN and accept RFC 8441 extended CONNECT. Default: true with TLS, else false.
-    pub http2: bool,
+    pub(crate) http2: bool,
     /// Expect a PROXY v1/v2 header before anything else. Default false.
-    pub proxy_protocol: bool,
-    pub tls: Option<TlsConfig>,
+    pub(crate) proxy_protocol: bool,
+    pub(crate) tls: Option<TlsConfig>,
 }
 
 /// A listener's certificates; paths are already resolved against the config file's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
+pub(crate) struct TlsConfig {
     /// Default certificate chain (PEM), served for no or unknown SNI.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub sni: Vec<SniCert>,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) sni: Vec<SniCert>,
 }
 
 /// A certificate served to clients asking for one of `names` by SNI.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SniCert {
+pub(crate) struct SniCert {
     /// Lower-cased DNS names.
-    pub names: Vec<String>,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub(crate) names: Vec<String>,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// `[admin]`: /healthz, /readyz, /metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminConfig {
-    pub bind: SocketAddr,
+pub(crate) struct AdminConfig {
+    pub(crate) bind: SocketAddr,
 }
 
 /// `[websocket]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebSocketConfig {
+pub(crate) struct WebSocketConfig {
     /// Accepted `Sec-WebSocket-Version` values in advertised order; each is 13, 8 or 7.
     /// Default [`defaults::WEBSOCKET_VERSIONS`].
-    pub versions: Vec<u8>,
+    pub(crate) versions: Vec<u8>,
     /// 426 or 400 (RFC 6455 §4.4). Default [`defaults::VERSION_MISMATCH_STATUS`].
-    pub version_mismatch_status: StatusCode,
+    pub(crate) version_mismatch_status: StatusCode,
 }
 
 /// `[limits]`; defaults are those of SPEC §2.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Default [`defaults::MAX_HEADER_BYTES`].
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// Default [`defaults::HANDSHAKE_TIMEOUT`].
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Default [`defaults::UPSTREAM_CONNECT_TIMEOUT`].
-    pub upstream_connect_timeout: Duration,
+    pub(crate) upstream_connect_timeout: Duration,
     /// Default [`defaults::UPSTREAM_HANDSHAKE_TIMEOUT`].
-    pub upstream_handshake_timeout: Duration,
+    pub(crate) upstream_handshake_timeout: Duration,
     /// Default [`defaults::IDLE_TIMEOUT`]; `None` ("0s") means never.
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     /// Default [`defaults::DRAIN_TIMEOUT`].
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// Default [`defaults::MAX_CONNECTIONS`].
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Default [`defaults::MAX_CONNECTIONS_PER_IP`]; 0 (unlimited) is written as `None`.
-    pub max_connections_per_ip: Option<usize>,
+    pub(crate) max_connections_per_ip: Option<usize>,
 }
 
 /// One `[upstreams.NAME]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamConfig {
-    pub name: String,
+pub(crate) struct UpstreamConfig {
+    pub(crate) name: String,
     /// At least one.
-    pub servers: Vec<ServerAddr>,
-    pub balance: Balance,
+    pub(crate) servers: Vec<ServerAddr>,
+    pub(crate) balance: Balance,
     /// `Some` when `tls = true`.
-    pub tls: Option<UpstreamTls>,
-    pub send_proxy_protocol: Option<ProxyVersion>,
-    pub health: Option<HealthCheck>,
+    pub(crate) tls: Option<UpstreamTls>,
+    pub(crate) send_proxy_protocol: Option<ProxyVersion>,
+    pub(crate) health: Option<HealthCheck>,
 }
 
 /// `host:port` of an upstream server; the host may be an IP literal or a DNS name, resolved when
 /// connecting so that a name can move.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServerAddr {
+pub(crate) struct ServerAddr {
     /// IP literal (without brackets) or DNS name.
-    pub host: String,
-    pub port: u16,
+    pub(crate) host: String,
+    pub(crate) port: u16,
 }
 
 /// How the next server of an upstream is picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Balance {
+pub(crate) enum Balance {
     #[default]
     RoundRobin,
     /// Fewest open tunnels.
@@ -128,48 +128,48 @@ pub enum Balance {
 
 /// TLS towards an upstream (`tls = true`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     /// CA bundle to verify the upstream with; when `None`, the Mozilla root bundle compiled in
     /// from `webpki-roots` (the host's trust store is never read).
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// Name for SNI and verification; the server's host when `None`.
-    pub server_name: Option<String>,
+    pub(crate) server_name: Option<String>,
 }
 
 /// PROXY protocol version sent to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyVersion {
+pub(crate) enum ProxyVersion {
     V1,
     V2,
 }
 
 /// Active health checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthCheck {
+pub(crate) struct HealthCheck {
     /// HTTP GET this path; TCP connect only when `None`.
-    pub path: Option<String>,
-    pub interval: Duration,
+    pub(crate) path: Option<String>,
+    pub(crate) interval: Duration,
 }
 
 /// One `[[route]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConfig {
+pub(crate) struct RouteConfig {
     /// Default [`defaults::ROUTE_HOST`], i.e. [`HostPattern::Any`].
-    pub host: HostPattern,
+    pub(crate) host: HostPattern,
     /// Path prefix matched on segment boundaries; starts with `/`. Default [`defaults::ROUTE_PATH`].
-    pub path: String,
+    pub(crate) path: String,
     /// Allowed `Origin` values (compared case-insensitively); `None` allows any.
-    pub origins: Option<Vec<String>>,
-    pub select: Select,
-    pub fallback: Option<String>,
-    pub http: Option<String>,
-    pub upgrades: Vec<UpgradeRoute>,
-    pub subprotocols: Vec<SubprotocolRoute>,
+    pub(crate) origins: Option<Vec<String>>,
+    pub(crate) select: Select,
+    pub(crate) fallback: Option<String>,
+    pub(crate) http: Option<String>,
+    pub(crate) upgrades: Vec<UpgradeRoute>,
+    pub(crate) subprotocols: Vec<SubprotocolRoute>,
 }
 
 /// Which hosts a route serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
+pub(crate) enum HostPattern {
     /// `*`
     Any,
     /// `*.example.com`, stored lower-cased with the leading dot: `.example.com`.
@@ -180,7 +180,7 @@ pub enum HostPattern {
 
 /// Who decides between several mapped subprotocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Select {
+pub(crate) enum Select {
     /// First client-offered subprotocol that is mapped.
     #[default]
     Client,
@@ -190,14 +190,14 @@ pub enum Select {
 
 /// A non-WebSocket `Upgrade` token tunnelled as-is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpgradeRoute {
-    pub token: String,
-    pub upstream: String,
+pub(crate) struct UpgradeRoute {
+    pub(crate) token: String,
+    pub(crate) upstream: String,
 }
 
 /// `[[route.subprotocol]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubprotocolRoute {
-    pub name: String,
-    pub upstream: String,
+pub(crate) struct SubprotocolRoute {
+    pub(crate) name: String,
+    pub(crate) upstream: String,
 }

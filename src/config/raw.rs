@@ -15,130 +15,130 @@ use serde::de::{self, Deserializer, Visitor};
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     #[serde(default)]
-    pub listener: Vec<RawListener>,
-    pub admin: Option<RawAdmin>,
+    pub(crate) listener: Vec<RawListener>,
+    pub(crate) admin: Option<RawAdmin>,
     #[serde(default)]
-    pub websocket: RawWebSocket,
+    pub(crate) websocket: RawWebSocket,
     #[serde(default)]
-    pub limits: RawLimits,
+    pub(crate) limits: RawLimits,
     #[serde(default)]
-    pub upstreams: BTreeMap<String, RawUpstream>,
+    pub(crate) upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
-    pub route: Vec<RawRoute>,
+    pub(crate) route: Vec<RawRoute>,
 }
 
 /// `[[listener]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListener {
-    pub bind: String,
-    pub http2: Option<bool>,
+    pub(crate) bind: String,
+    pub(crate) http2: Option<bool>,
     #[serde(default)]
-    pub proxy_protocol: bool,
+    pub(crate) proxy_protocol: bool,
     /// Either the `[listener.tls]` sub-table or an inline `tls = { ... }`: the same TOML value.
-    pub tls: Option<RawListenerTls>,
+    pub(crate) tls: Option<RawListenerTls>,
 }
 
 /// `[listener.tls]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListenerTls {
-    pub cert: String,
-    pub key: String,
+    pub(crate) cert: String,
+    pub(crate) key: String,
     #[serde(default)]
-    pub sni: Vec<RawSni>,
+    pub(crate) sni: Vec<RawSni>,
 }
 
 /// One entry of `sni = [...]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSni {
-    pub names: Vec<String>,
-    pub cert: String,
-    pub key: String,
+    pub(crate) names: Vec<String>,
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 /// `[admin]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
-    pub bind: String,
+    pub(crate) bind: String,
 }
 
 /// `[websocket]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawWebSocket {
-    pub versions: Option<Vec<i64>>,
-    pub version_mismatch_status: Option<i64>,
+    pub(crate) versions: Option<Vec<i64>>,
+    pub(crate) version_mismatch_status: Option<i64>,
 }
 
 /// `[limits]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {
-    pub max_header_bytes: Option<i64>,
-    pub handshake_timeout: Option<RawDuration>,
-    pub upstream_connect_timeout: Option<RawDuration>,
-    pub upstream_handshake_timeout: Option<RawDuration>,
-    pub idle_timeout: Option<RawDuration>,
-    pub drain_timeout: Option<RawDuration>,
-    pub max_connections: Option<i64>,
-    pub max_connections_per_ip: Option<i64>,
+    pub(crate) max_header_bytes: Option<i64>,
+    pub(crate) handshake_timeout: Option<RawDuration>,
+    pub(crate) upstream_connect_timeout: Option<RawDuration>,
+    pub(crate) upstream_handshake_timeout: Option<RawDuration>,
+    pub(crate) idle_timeout: Option<RawDuration>,
+    pub(crate) drain_timeout: Option<RawDuration>,
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) max_connections_per_ip: Option<i64>,
 }
 
 /// `[upstreams.NAME]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
-    pub servers: Vec<String>,
-    pub balance: Option<String>,
+    pub(crate) servers: Vec<String>,
+    pub(crate) balance: Option<String>,
     #[serde(default)]
-    pub tls: bool,
-    pub ca: Option<String>,
-    pub server_name: Option<String>,
-    pub send_proxy_protocol: Option<String>,
-    pub health: Option<RawHealth>,
+    pub(crate) tls: bool,
+    pub(crate) ca: Option<String>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) send_proxy_protocol: Option<String>,
+    pub(crate) health: Option<RawHealth>,
 }
 
 /// `health = { path, interval }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealth {
-    pub path: Option<String>,
-    pub interval: RawDuration,
+    pub(crate) path: Option<String>,
+    pub(crate) interval: RawDuration,
 }
 
 /// `[[route]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRoute {
-    pub host: Option<String>,
-    pub path: Option<String>,
-    pub origins: Option<Vec<String>>,
-    pub select: Option<String>,
-    pub fallback: Option<String>,
-    pub http: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) origins: Option<Vec<String>>,
+    pub(crate) select: Option<String>,
+    pub(crate) fallback: Option<String>,
+    pub(crate) http: Option<String>,
     #[serde(default)]
-    pub upgrades: Vec<RawUpgrade>,
+    pub(crate) upgrades: Vec<RawUpgrade>,
     #[serde(default)]
-    pub subprotocol: Vec<RawSubprotocol>,
+    pub(crate) subprotocol: Vec<RawSubprotocol>,
 }
 
 /// One entry of `upgrades = [...]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpgrade {
-    pub token: String,
-    pub upstream: String,
+    pub(crate) token: String,
+    pub(crate) upstream: String,
 }
 
 /// `[[route.subprotocol]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSubprotocol {
-    pub name: String,
-    pub upstream: String,
+    pub(crate) name: String,
+    pub(crate) upstream: String,
 }
 
 /// A duration exactly as written. Only a string is accepted, so that a bare number (`10`) fails

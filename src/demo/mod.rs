@@ -21,7 +21,7 @@ use crate::config::{self, ConfigErrors};
 use crate::run::{self, RunError};
 
 /// The page served at `/` on both listeners.
-pub const PAGE: &str = include_str!("page.html");
+pub(crate) const PAGE: &str = include_str!("page.html");
 
 /// The dev server certificate (`localhost`, `127.0.0.1`, `::1`) and its key, signed by [`DEV_CA`].
 const DEV_CERT: &str = include_str!("../../certs/server.pem");

@@ -30,21 +30,21 @@ use crate::shutdown::Shutdown;
 use crate::upstream::{self, Upstreams};
 
 /// Body of every response the gateway sends: its own answers, and relayed upstream bodies.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Everything built from one configuration; replaced as a whole on reload, while connections
 /// keep the generation they started with.
 #[derive(Debug)]
-pub struct Runtime {
-    pub config: Config,
-    pub routes: RouteTable,
-    pub upstreams: Upstreams,
+pub(crate) struct Runtime {
+    pub(crate) config: Config,
+    pub(crate) routes: RouteTable,
+    pub(crate) upstreams: Upstreams,
 }
 
 impl Runtime {
     /// Builds the routing table and upstream pools of `config`; the pools' per-server series
     /// live in `metrics` (the process-wide registry, so they survive reloads).
-    pub fn new(config: Config, metrics: &Metrics) -> Result<Self, upstream::PoolError> {
+    pub(crate) fn new(config: Config, metrics: &Metrics) -> Result<Self, upstream::PoolError> {
         Ok(Runtime {
             routes: RouteTable::new(&config.routes),
             upstreams: Upstreams::new(&config, metrics)?,
@@ -55,17 +55,17 @@ impl Runtime {
 
 /// Process-wide state shared by every listener and connection.
 #[derive(Debug)]
-pub struct Gateway {
+pub(crate) struct Gateway {
     runtime: RwLock<Arc<Runtime>>,
-    pub metrics: Metrics,
-    pub limiter: Arc<ConnLimiter>,
-    pub shutdown: Shutdown,
+    pub(crate) metrics: Metrics,
+    pub(crate) limiter: Arc<ConnLimiter>,
+    pub(crate) shutdown: Shutdown,
 }
 
 impl Gateway {
     /// A gateway running `runtime` (built with `metrics`); starts its health checks, so it must
     /// be called inside the tokio runtime.
-    pub fn new(runtime: Runtime, metrics: Metrics) -> Arc<Self> {
+    pub(crate) fn new(runtime: Runtime, metrics: Metrics) -> Arc<Self> {
         let shutdown = Shutdown::default();
         runtime.upstreams.start_health_checks(&shutdown);
         Arc::new(Gateway {
@@ -77,14 +77,14 @@ impl Gateway {
     }
 
     /// The configuration generation new connections use.
-    pub fn runtime(&self) -> Arc<Runtime> {
+    pub(crate) fn runtime(&self) -> Arc<Runtime> {
         Arc::clone(&self.runtime.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Makes `runtime` the generation for new connections; open connections and tunnels keep theirs.
     /// Health checks move to the new generation (the old one's stop), and the series of servers
     /// the new configuration no longer lists are dropped from `/metrics`.
-    pub fn replace_runtime(&self, runtime: Runtime) {
+    pub(crate) fn replace_runtime(&self, runtime: Runtime) {
         runtime.upstreams.start_health_checks(&self.shutdown);
         let kept = runtime.upstreams.server_labels();
         let old = std::mem::replace(
@@ -102,19 +102,19 @@ impl Gateway {
 
 /// One client connection: what every request on it shares.
 #[derive(Debug)]
-pub struct Conn {
-    pub gateway: Arc<Gateway>,
-    pub runtime: Arc<Runtime>,
+pub(crate) struct Conn {
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) runtime: Arc<Runtime>,
     /// The client: the socket's peer, or the PROXY header's source (SPEC §7).
-    pub client: SocketAddr,
+    pub(crate) client: SocketAddr,
     /// The address the client connected to: the listener socket's, or the PROXY header's
     /// destination. Sent on as the destination of an upstream's `send_proxy_protocol` header.
-    pub local: SocketAddr,
-    pub tls: bool,
+    pub(crate) local: SocketAddr,
+    pub(crate) tls: bool,
     /// How this connection's requests arrive; the handshake rules that differ by carrier ask it.
-    pub carrier: Carrier,
+    pub(crate) carrier: Carrier,
     /// Shared with the tunnels this connection opens, so the connection slot lives as long as they do.
-    pub permit: Arc<ConnPermit>,
+    pub(crate) permit: Arc<ConnPermit>,
 }
 
 impl Conn {

@@ -21,23 +21,23 @@ pub(crate) const SEC_WEBSOCKET_ORIGIN: HeaderName = HeaderName::from_static("sec
 /// The outcome of a WebSocket handshake that passed every §3 row: what the upstream request
 /// and the client's answer are built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Negotiated {
+pub(crate) struct Negotiated {
     /// The client's `Sec-WebSocket-Version` (13, 8 or 7); the upstream always gets 13.
-    pub ws_version: u8,
+    pub(crate) ws_version: u8,
     /// The client's `Sec-WebSocket-Key` (HTTP/1.1); `None` over h2, which has no key.
-    pub client_key: Option<String>,
+    pub(crate) client_key: Option<String>,
     /// The selected subprotocol; `None` when the route's `fallback` took the request.
-    pub subprotocol: Option<String>,
+    pub(crate) subprotocol: Option<String>,
     /// The upstream name: the selected subprotocol's, or the route's `fallback`.
-    pub upstream: String,
+    pub(crate) upstream: String,
     /// The client's `Sec-WebSocket-Extensions` lines joined, passed through to the upstream
     /// (extensions are negotiated end to end).
-    pub extensions: Option<HeaderValue>,
+    pub(crate) extensions: Option<HeaderValue>,
 }
 
 /// Step 4 for a WebSocket: every §3 row after routing, in SPEC order, the first failure
 /// answering. Over an extended CONNECT (h2) the same rules apply, without a key.
-pub fn negotiate(
+pub(crate) fn negotiate(
     parts: &Parts,
     route: &RouteConfig,
     ws: &WebSocketConfig,
@@ -167,7 +167,7 @@ pub fn negotiate(
 
 /// Step 4 for a configured non-WebSocket `Upgrade` token: the method, body and HTTP-version
 /// rows of §3, in the same order as for a WebSocket.
-pub fn check_other_upgrade(parts: &Parts, carrier: Carrier) -> Result<(), Reject> {
+pub(crate) fn check_other_upgrade(parts: &Parts, carrier: Carrier) -> Result<(), Reject> {
     common_rows(parts, carrier)
 }
 
@@ -242,7 +242,7 @@ fn relayed(upstream: &HeaderMap) -> HeaderMap {
 /// `Sec-WebSocket-Extensions` included, never a `Sec-WebSocket-Version`.
 /// h2, RFC 8441 §5: 200 with the same minus the key exchange and connection-specific headers
 /// (RFC 9113 §8.2.2).
-pub fn client_success(
+pub(crate) fn client_success(
     negotiated: &Negotiated,
     upstream_101: &http::response::Parts,
     carrier: Carrier,
@@ -281,7 +281,7 @@ pub fn client_success(
 /// passed [`super::check_upstream_other_101`]: HTTP/1.1 101 with `Upgrade: <token>`,
 /// `Connection: Upgrade` and the upstream's end-to-end headers (RFC 9110 §15.2.2); h2 200
 /// (RFC 8441 §4) without connection-specific headers.
-pub fn client_success_other(
+pub(crate) fn client_success_other(
     token: &str,
     upstream_101: &http::response::Parts,
     carrier: Carrier,

@@ -10,7 +10,7 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// The `Sec-WebSocket-Accept` value for a key. RFC 6455 §4.2.2 step 5.4: "the base64-encoded
 /// SHA-1 of the concatenation of the |Sec-WebSocket-Key| (as a string, not base64-decoded) with
 /// the string "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"".
-pub fn accept_key(key: &str) -> String {
+pub(crate) fn accept_key(key: &str) -> String {
     let mut sha = Sha1::new();
     sha.update(key.as_bytes());
     sha.update(GUID.as_bytes());
@@ -21,7 +21,7 @@ pub fn accept_key(key: &str) -> String {
 /// randomly selected 16-byte value ... base64-encoded"). Needed towards the upstream for h2
 /// clients, which send no key (RFC 8441 §5); taking the bytes keeps this module free of a
 /// random source.
-pub fn key_from_bytes(bytes: [u8; 16]) -> String {
+pub(crate) fn key_from_bytes(bytes: [u8; 16]) -> String {
     STANDARD.encode(bytes)
 }
 

@@ -25,11 +25,11 @@ mod key;
 mod tokens;
 mod upstream;
 
-pub use client::{
+pub(crate) use client::{
     Negotiated, check_other_upgrade, client_success, client_success_other, negotiate,
 };
-pub use key::{accept_key, key_from_bytes};
-pub use upstream::{
+pub(crate) use key::key_from_bytes;
+pub(crate) use upstream::{
     ForwardInfo, UpstreamUpgrade, check_upstream_101, check_upstream_other_101, forward_headers,
     strip_hop_by_hop, upstream_request,
 };
@@ -50,7 +50,7 @@ use crate::error::{Carrier, Reject};
 /// `Host`, else [`Reject::MissingHost`]. With an absolute-form target the target's authority
 /// wins (RFC 9112 §3.2.2). HTTP/1.0 may omit `Host`: it is routed on `""` (only `*` routes
 /// match), so it ends in a 404, the plain-request branch, or the version row's 400.
-pub fn request_host(parts: &Parts, carrier: Carrier) -> Result<&str, Reject> {
+pub(crate) fn request_host(parts: &Parts, carrier: Carrier) -> Result<&str, Reject> {
     let connect = carrier.extended_connect();
     if connect {
         if let Some(authority) = parts.uri.authority() {
@@ -74,7 +74,7 @@ pub fn request_host(parts: &Parts, carrier: Carrier) -> Result<&str, Reject> {
 
 /// What a routed request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// No upgrade (or an unknown one on a route with `http`): proxy to `route.http`, or answer
     /// [`Reject::UpgradeRequired`] when the route has none.
     Plain,
@@ -91,7 +91,7 @@ pub enum Kind {
 /// HTTP/1.x: RFC 9110 §7.8, the `Upgrade` list in client preference order; the first protocol
 /// that is `websocket` or one of `route.upgrades` wins. `protocol` is ignored.
 /// Extended CONNECT carriers (h2, RFC 8441 §4): `protocol` is the `:protocol` pseudo-header.
-pub fn classify(
+pub(crate) fn classify(
     parts: &Parts,
     route: &RouteConfig,
     carrier: Carrier,
@@ -166,7 +166,7 @@ fn classify_connect(
 /// Step 4's result: an upgrade that passed every client-side row, holding what steps 5 to 7
 /// need, so the I/O layer runs one path for WebSockets and other tokens alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Upgrade {
+pub(crate) enum Upgrade {
     /// A WebSocket handshake; `key` is the one sent upstream: the client's (HTTP/1.1) or, where
     /// the carrier has no key exchange (RFC 8441 §5), a fresh one.
     WebSocket { negotiated: Negotiated, key: String },
@@ -177,7 +177,7 @@ pub enum Upgrade {
 impl Upgrade {
     /// Step 4 for `kind` (not [`Kind::Plain`], which is no upgrade: `None`). `fresh_key` is the
     /// caller's randomness for carriers without a key exchange.
-    pub fn check(
+    pub(crate) fn check(
         parts: &Parts,
         route: &RouteConfig,
         ws: &WebSocketConfig,
@@ -201,7 +201,7 @@ impl Upgrade {
     }
 
     /// The upstream this upgrade goes to.
-    pub fn upstream(&self) -> &str {
+    pub(crate) fn upstream(&self) -> &str {
         match self {
             Upgrade::WebSocket { negotiated, .. } => &negotiated.upstream,
             Upgrade::Other { upstream, .. } => upstream,
@@ -209,7 +209,7 @@ impl Upgrade {
     }
 
     /// The selected subprotocol, for the access log and metrics.
-    pub fn subprotocol(&self) -> Option<&str> {
+    pub(crate) fn subprotocol(&self) -> Option<&str> {
         match self {
             Upgrade::WebSocket { negotiated, .. } => negotiated.subprotocol.as_deref(),
             Upgrade::Other { .. } => None,
@@ -217,7 +217,11 @@ impl Upgrade {
     }
 
     /// Step 5: the request head sent upstream.
-    pub fn upstream_request(&self, parts: &Parts, fwd: &ForwardInfo<'_>) -> http::Request<()> {
+    pub(crate) fn upstream_request(
+        &self,
+        parts: &Parts,
+        fwd: &ForwardInfo<'_>,
+    ) -> http::Request<()> {
         let upgrade = match self {
             Upgrade::WebSocket { negotiated, key } => {
                 UpstreamUpgrade::WebSocket { negotiated, key }
@@ -228,7 +232,7 @@ impl Upgrade {
     }
 
     /// Step 6: the upstream's 101 must be the answer to what step 5 asked.
-    pub fn check_upstream(&self, head: &http::response::Parts) -> Result<(), Reject> {
+    pub(crate) fn check_upstream(&self, head: &http::response::Parts) -> Result<(), Reject> {
         match self {
             Upgrade::WebSocket { negotiated, key } => {
                 check_upstream_101(head, key, negotiated.subprotocol.as_deref())
@@ -238,7 +242,7 @@ impl Upgrade {
     }
 
     /// Step 7: the client's answer on `carrier`, from the checked 101.
-    pub fn client_success(
+    pub(crate) fn client_success(
         &self,
         head: &http::response::Parts,
         carrier: Carrier,

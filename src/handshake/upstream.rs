@@ -21,20 +21,20 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// What the upstream is told about the client hop (X-Forwarded-*, RFC 7239 `Forwarded`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForwardInfo<'a> {
+pub(crate) struct ForwardInfo<'a> {
     /// The client's address (from the PROXY header where configured).
-    pub client: SocketAddr,
+    pub(crate) client: SocketAddr,
     /// Whether the client reached us over TLS (`https`/`wss`).
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// The host as the client sent it ([`super::request_host`]): `Host` on HTTP/1.x,
     /// `:authority` on h2. Becomes the upstream's `Host` and `X-Forwarded-Host`; `""` (an
     /// HTTP/1.0 request without `Host`) leaves both out.
-    pub host: &'a str,
+    pub(crate) host: &'a str,
 }
 
 /// Which upgrade the upstream request asks for.
 #[derive(Debug, Clone, Copy)]
-pub enum UpstreamUpgrade<'a> {
+pub(crate) enum UpstreamUpgrade<'a> {
     /// A WebSocket handshake; `key` is the client's (HTTP/1.1) or a fresh one (h2).
     WebSocket {
         negotiated: &'a Negotiated,
@@ -48,7 +48,7 @@ pub enum UpstreamUpgrade<'a> {
 /// CONNECT), path and query, HTTP/1.1, `Host`, end-to-end headers via [`forward_headers`], and
 /// the upgrade's own fields set. h2 pseudo-headers never reach a `HeaderMap`, so nothing of
 /// the h2 framing leaks upstream.
-pub fn upstream_request(
+pub(crate) fn upstream_request(
     parts: &Parts,
     upgrade: UpstreamUpgrade<'_>,
     fwd: &ForwardInfo<'_>,
@@ -120,7 +120,7 @@ pub fn upstream_request(
 /// and every end-to-end header kept, `Host` set to `fwd.host`, `X-Forwarded-For` appended,
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` replaced, and an RFC 7239 `Forwarded` element
 /// appended.
-pub fn forward_headers(headers: &HeaderMap, fwd: &ForwardInfo<'_>) -> HeaderMap {
+pub(crate) fn forward_headers(headers: &HeaderMap, fwd: &ForwardInfo<'_>) -> HeaderMap {
     let hop = HopByHop::of(headers);
     let ours = [
         HOST,
@@ -173,7 +173,7 @@ pub fn forward_headers(headers: &HeaderMap, fwd: &ForwardInfo<'_>) -> HeaderMap 
 /// `existing, next` over every (non-hop-by-hop) line of `name`, or just `next`.
 /// Removes the hop-by-hop headers of one message (RFC 9110 §7.6.1) in place: used on upstream
 /// answers relayed to the client (a non-101, or an ordinary response of the `http` upstream).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let hop = HopByHop::of(headers);
     let names: Vec<HeaderName> = headers
         .keys()
@@ -222,7 +222,7 @@ fn rfc7239_value(s: &str) -> String {
 
 /// Checks the upstream's 101 to a WebSocket upgrade before any byte is tunnelled (SPEC §4).
 /// `key` is the key we sent; `selected` the subprotocol we asked for (`None` for a fallback).
-pub fn check_upstream_101(
+pub(crate) fn check_upstream_101(
     res: &http::response::Parts,
     key: &str,
     selected: Option<&str>,
@@ -287,7 +287,10 @@ fn websocket_101_fault(
 }
 
 /// Checks the upstream's 101 to a configured non-WebSocket upgrade.
-pub fn check_upstream_other_101(res: &http::response::Parts, token: &str) -> Result<(), Reject> {
+pub(crate) fn check_upstream_other_101(
+    res: &http::response::Parts,
+    token: &str,
+) -> Result<(), Reject> {
     other_101_fault(res, token).map_err(Reject::UpstreamBadHandshake)
 }
 

@@ -23,10 +23,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::version::{TLS12, TLS13};
 
 pub(crate) use client::{server_name_for, upstream_client_config};
-pub use pem::PemError;
-/// Public only for `tests/support`, which reads the committed certificates with it.
-pub use pem::load_certs;
-pub use server::ServerTls;
+pub(crate) use pem::PemError;
+pub(crate) use server::ServerTls;
 
 /// TLS material that cannot be loaded, or a rustls config that cannot be built.
 #[derive(Debug, thiserror::Error)]

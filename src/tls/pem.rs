@@ -61,7 +61,7 @@ impl PemError {
 }
 
 /// Reads every certificate of a PEM file, in file order (leaf first for a chain); at least one.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|err| PemError::from_pem(path, err))?;

@@ -15,7 +15,7 @@ use crate::config::TlsConfig;
 /// A TLS listener's rustls configuration whose certificates can be swapped on SIGHUP without
 /// touching connections already accepted.
 #[derive(Debug)]
-pub struct ServerTls {
+pub(crate) struct ServerTls {
     resolver: Arc<SniResolver>,
     config: Arc<ServerConfig>,
 }
@@ -24,7 +24,7 @@ impl ServerTls {
     /// Loads every certificate of `tls` (a bad file is an error naming it) and builds the server
     /// config. ALPN (RFC 7301) offers `h2` first when `alpn_h2`, then `http/1.1`; the server's
     /// order wins, so a client offering both gets h2.
-    pub fn new(tls: &TlsConfig, alpn_h2: bool) -> Result<ServerTls, TlsError> {
+    pub(crate) fn new(tls: &TlsConfig, alpn_h2: bool) -> Result<ServerTls, TlsError> {
         let resolver = Arc::new(SniResolver {
             certs: RwLock::new(Arc::new(Certs::load(tls)?)),
         });
@@ -47,7 +47,7 @@ impl ServerTls {
     /// Re-reads every certificate and key of `tls` and, only if all of them load, swaps them in
     /// at once for handshakes that start afterwards (also through acceptors made earlier). On
     /// error the old certificates stay in use. ALPN is fixed at [`ServerTls::new`].
-    pub fn reload(&self, tls: &TlsConfig) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self, tls: &TlsConfig) -> Result<(), TlsError> {
         let certs = Arc::new(Certs::load(tls)?);
         *self
             .resolver
@@ -58,14 +58,8 @@ impl ServerTls {
     }
 
     /// An acceptor for this listener; cheap (an `Arc` clone), and it follows later reloads.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config.clone())
-    }
-
-    /// The rustls config behind [`ServerTls::acceptor`], for callers that drive rustls
-    /// themselves (e.g. `LazyConfigAcceptor`).
-    pub fn server_config(&self) -> Arc<ServerConfig> {
-        self.config.clone()
     }
 }
 

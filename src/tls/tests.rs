@@ -10,6 +10,7 @@ use rustls::{
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::pem::load_certs;
 use super::*;
 use crate::certs::tests::TempDir;
 use crate::config::{SniCert, TlsConfig, UpstreamTls};

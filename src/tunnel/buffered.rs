@@ -1,6 +1,6 @@
 //! The buffered engine: works for any pair of streams (TCP, TLS, an h2 stream).
 //!
-//! Each direction copies through one [`COPY_BUF_SIZE`](super::COPY_BUF_SIZE) buffer taken from the per-thread pool
+//! Each direction copies through one [`COPY_BUF_SIZE`](super::pool::COPY_BUF_SIZE) buffer taken from the per-thread pool
 //! only while bytes are in flight: when its read side has nothing to give, the buffer goes back,
 //! so an idle tunnel holds no user-space copy buffer (SPEC §5) and a busy one allocates nothing
 //! per chunk. Both directions are driven from one task, with no locks and no split halves.

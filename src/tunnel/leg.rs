@@ -23,12 +23,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Any connected byte stream a tunnel can drive with a generic engine.
-pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
 /// One end of a tunnel: a connected stream and the bytes already read past its handshake head.
-pub enum Leg {
+pub(crate) enum Leg {
     /// A plain TCP socket: engines that work on file descriptors can take it.
     Tcp { stream: TcpStream, early: Bytes },
     /// Any other stream (TLS, an h2 stream, ...), driven through its async I/O traits.
@@ -40,12 +40,12 @@ pub enum Leg {
 
 impl Leg {
     /// A plain TCP leg.
-    pub fn tcp(stream: TcpStream, early: Bytes) -> Self {
+    pub(crate) fn tcp(stream: TcpStream, early: Bytes) -> Self {
         Leg::Tcp { stream, early }
     }
 
     /// A leg over any stream; boxes it (use [`Leg::tcp`] for a plain `TcpStream`).
-    pub fn stream<S: ByteStream + 'static>(stream: S, early: Bytes) -> Self {
+    pub(crate) fn stream<S: ByteStream + 'static>(stream: S, early: Bytes) -> Self {
         Leg::Stream {
             stream: Box::new(stream),
             early,

@@ -10,7 +10,7 @@
 //!
 //! - this file is the policy: [`run`] (early bytes first, idle deadline, drain, closing both
 //!   legs, the [`TunnelOutcome`]) and the one place an engine is picked for a pair of legs;
-//! - `leg.rs`: [`Leg`], plain TCP (for engines that need the raw socket) or any [`ByteStream`];
+//! - `leg.rs`: [`Leg`], plain TCP (for engines that need the raw socket) or any byte stream;
 //! - `meter.rs`: byte counts and the last-activity time every engine reports to;
 //! - `pool.rs`: the per-thread pool of copy buffers;
 //! - one file per engine, each returning a `CopyEnd`: `buffered.rs` works for any legs. A
@@ -32,48 +32,47 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use leg::{ByteStream, Leg};
+pub(crate) use leg::Leg;
 use meter::{Meter, Side};
-pub use pool::COPY_BUF_SIZE;
 
 /// How a tunnel behaves; built once by the caller from the validated config.
 #[derive(Debug, Clone, Default)]
-pub struct TunnelConfig {
+pub(crate) struct TunnelConfig {
     /// End the tunnel after this long with no byte moving in either direction.
     /// `None` (config `"0s"`) means never; a zero duration is treated the same way.
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     /// Live counters bumped as bytes are delivered, for metrics read while tunnels run.
     /// One `ByteCounters` may be shared by many tunnels to get process-wide totals.
-    pub counters: Option<ByteCounters>,
+    pub(crate) counters: Option<ByteCounters>,
 }
 
 /// Byte counters the metrics layer can read while tunnels run; cheap to clone (shared atomics).
 #[derive(Debug, Clone, Default)]
-pub struct ByteCounters {
+pub(crate) struct ByteCounters {
     up: Arc<AtomicU64>,
     down: Arc<AtomicU64>,
 }
 
 impl ByteCounters {
     /// Fresh counters at zero.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Bytes delivered client -> upstream so far (`direction="client_to_upstream"`, SPEC §7).
-    pub fn up(&self) -> u64 {
+    pub(crate) fn up(&self) -> u64 {
         self.up.load(Ordering::Relaxed)
     }
 
     /// Bytes delivered upstream -> client so far (`direction="upstream_to_client"`, SPEC §7).
-    pub fn down(&self) -> u64 {
+    pub(crate) fn down(&self) -> u64 {
         self.down.load(Ordering::Relaxed)
     }
 }
 
 /// Who ended a tunnel; the `closed_by` field of the access log (SPEC §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClosedBy {
+pub(crate) enum ClosedBy {
     /// The client sent EOF first and both directions then finished, or the client's connection
     /// failed (reset, broken pipe, EOF inside a TLS record).
     Client,
@@ -89,7 +88,7 @@ pub enum ClosedBy {
 
 impl ClosedBy {
     /// The lowercase word used in logs and metric labels.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ClosedBy::Client => "client",
             ClosedBy::Upstream => "upstream",
@@ -108,15 +107,15 @@ impl fmt::Display for ClosedBy {
 
 /// What a finished tunnel reports to its caller for the access log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TunnelOutcome {
+pub(crate) struct TunnelOutcome {
     /// Bytes delivered client -> upstream, early bytes included.
-    pub bytes_up: u64,
+    pub(crate) bytes_up: u64,
     /// Bytes delivered upstream -> client, early bytes included.
-    pub bytes_down: u64,
+    pub(crate) bytes_down: u64,
     /// Why it ended.
-    pub closed_by: ClosedBy,
+    pub(crate) closed_by: ClosedBy,
     /// From the call to [`run`] until both streams were closed.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 }
 
 /// Runs a tunnel to its end, then closes both legs (dropping them) and reports.
@@ -135,7 +134,12 @@ pub struct TunnelOutcome {
 /// - `drain` completes (`Drain`).
 ///
 /// The returned future is `Send` when `D` is.
-pub async fn run<D>(client: Leg, upstream: Leg, cfg: &TunnelConfig, drain: D) -> TunnelOutcome
+pub(crate) async fn run<D>(
+    client: Leg,
+    upstream: Leg,
+    cfg: &TunnelConfig,
+    drain: D,
+) -> TunnelOutcome
 where
     D: Future<Output = ()>,
 {

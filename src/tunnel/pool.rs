@@ -6,7 +6,7 @@ use std::cell::RefCell;
 /// Size of the copy buffer of one direction while bytes flow through it.
 ///
 /// 16 KiB matches the largest TLS record (RFC 8446 §5.1), so one read drains one record.
-pub const COPY_BUF_SIZE: usize = 16 * 1024;
+pub(crate) const COPY_BUF_SIZE: usize = 16 * 1024;
 
 /// At most this many spare buffers per worker thread (1 MiB).
 const MAX_SPARE: usize = 64;

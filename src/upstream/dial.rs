@@ -93,7 +93,7 @@ impl Connect for Dialer {
 }
 
 /// `host:port`, with IPv6 literals in brackets.
-pub fn format_addr(addr: &ServerAddr) -> String {
+pub(crate) fn format_addr(addr: &ServerAddr) -> String {
     if addr.host.contains(':') {
         format!("[{}]:{}", addr.host, addr.port)
     } else {

@@ -32,23 +32,23 @@ use crate::shutdown::Shutdown;
 
 /// Bounds on one check.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// TCP (and TLS) connect: `upstream_connect_timeout`.
-    pub connect: Duration,
+    pub(crate) connect: Duration,
     /// From the request to the response head: `upstream_handshake_timeout`.
-    pub response: Duration,
+    pub(crate) response: Duration,
 }
 
 /// The running check tasks of one configuration generation. Dropping it stops them.
 #[derive(Debug, Default)]
-pub struct Checks {
+pub(crate) struct Checks {
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
 impl Checks {
     /// Spawns one task per server of every pool that has `health`. Calling it again while the
     /// tasks run starts nothing new.
-    pub fn start<'a>(
+    pub(crate) fn start<'a>(
         &self,
         pools: impl IntoIterator<Item = &'a Arc<Pool>>,
         timeouts: Timeouts,
@@ -75,7 +75,7 @@ impl Checks {
     }
 
     /// Stops every task; idempotent.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
             task.abort();
@@ -132,7 +132,7 @@ async fn check_loop(pool: Arc<Pool>, server: Arc<Server>, timeouts: Timeouts, sh
 
 /// One check of `server`: a connect, and with `path` an HTTP/1.1 GET answered 2xx or 3xx.
 /// `Err` says why it failed, for the log.
-pub async fn probe(
+pub(crate) async fn probe(
     pool: &Pool,
     server: &Server,
     path: Option<&str>,
@@ -192,7 +192,7 @@ fn healthy(status: StatusCode) -> bool {
 
 /// Logs a warning for every upstream server whose host name does not resolve now. Names are
 /// resolved again at every connect, so this only tells the operator early; it changes nothing.
-pub async fn warn_unresolved(config: Config, within: Duration) {
+pub(crate) async fn warn_unresolved(config: Config, within: Duration) {
     let names: Vec<(String, ServerAddr)> = config
         .upstreams
         .values()

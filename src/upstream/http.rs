@@ -25,7 +25,7 @@ const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The authority of every request URI given to a pool's client. Only the connection pool sees
 /// it; the upstream gets the origin form and the client's `Host`.
-pub const HTTP_AUTHORITY: &str = "upstream";
+pub(crate) const HTTP_AUTHORITY: &str = "upstream";
 
 /// The keep-alive client of one pool: hyper-util's connection pool over [`PoolConnector`].
 pub(crate) type HttpClient = Client<PoolConnector, ProgressBody>;
@@ -74,7 +74,7 @@ pub(crate) async fn forward(
 /// its idle connections by the request URI's authority, which the gateway keeps constant per pool
 /// ([`HTTP_AUTHORITY`]), so reuse is per pool and the server choice stays here.
 #[derive(Debug, Clone)]
-pub struct PoolConnector {
+pub(crate) struct PoolConnector {
     pool: Arc<Pool>,
     timeout: Duration,
 }
@@ -110,7 +110,7 @@ impl Connection for UpstreamStream {
 /// Why a pool's connector gave up: the same 502/504 decision as for upgrades.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ConnectError(Reject);
+pub(crate) struct ConnectError(Reject);
 
 /// The connector's verdict inside a client error, if the error is a failed connect.
 fn connect_reject(error: &(dyn std::error::Error + 'static)) -> Option<Reject> {
@@ -162,7 +162,7 @@ pin_project_lite::pin_project! {
     /// A client's request body on its way upstream, streamed frame by frame (never buffered
     /// whole); each frame the upstream takes counts as progress for the answer timeout.
     #[derive(Debug)]
-    pub struct ProgressBody {
+    pub(crate) struct ProgressBody {
         #[pin]
         inner: Incoming,
         progress: Arc<Progress>,

@@ -41,13 +41,13 @@ use crate::metrics::Metrics;
 use crate::proxy_protocol::ProxiedAddrs;
 use crate::shutdown::Shutdown;
 
-pub use self::http::HTTP_AUTHORITY;
-pub use self::pool::{Pool, PoolError, Server, ServerLease};
-pub use self::upgrade::Answer;
+pub(crate) use self::http::HTTP_AUTHORITY;
+pub(crate) use self::pool::{Pool, PoolError, ServerLease};
+pub(crate) use self::upgrade::Answer;
 
 /// All upstreams of one configuration.
 #[derive(Debug)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     pools: BTreeMap<String, Arc<Pool>>,
     /// One keep-alive client per pool, for ordinary requests (`http = "NAME"`).
     http: BTreeMap<String, http::HttpClient>,
@@ -59,7 +59,7 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds every pool of `config`, with its per-server series in `metrics`. No connection is
     /// made and no health check runs until [`Upstreams::start_health_checks`].
-    pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, PoolError> {
+    pub(crate) fn new(config: &Config, metrics: &Metrics) -> Result<Self, PoolError> {
         let connect_timeout = config.limits.upstream_connect_timeout;
         let pools: BTreeMap<String, Arc<Pool>> = config
             .upstreams
@@ -81,7 +81,7 @@ impl Upstreams {
 
     /// Starts the active health checks of every pool that has `health`; they run until
     /// [`Upstreams::stop_health_checks`], this value is dropped, or a drain begins.
-    pub fn start_health_checks(&self, shutdown: &Shutdown) {
+    pub(crate) fn start_health_checks(&self, shutdown: &Shutdown) {
         let timeouts = health::Timeouts {
             connect: self.connect_timeout,
             response: self.handshake_timeout,
@@ -91,7 +91,7 @@ impl Upstreams {
 
     /// Stops the health checks (this configuration generation was replaced) and forgets their
     /// verdicts, so connections still on this generation fall back to passive marking only.
-    pub fn stop_health_checks(&self) {
+    pub(crate) fn stop_health_checks(&self) {
         self.checks.stop();
         for pool in self.pools.values() {
             pool.forget_checks();
@@ -99,7 +99,7 @@ impl Upstreams {
     }
 
     /// `(upstream, server)` labels of every server, for dropping series a reload removed.
-    pub fn server_labels(&self) -> Vec<(String, String)> {
+    pub(crate) fn server_labels(&self) -> Vec<(String, String)> {
         self.pools
             .values()
             .flat_map(|p| {
@@ -111,14 +111,14 @@ impl Upstreams {
     }
 
     /// The pool named `name` (validated configs only name existing ones).
-    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
     }
 
     /// Connects to a server of `pool` and sends `request` as an HTTP/1.1 upgrade. `client` is the
     /// client connection's two ends, for the pool's `send_proxy_protocol` header; `key` is the
     /// request's affinity key for the server pick (today's policies ignore it).
-    pub async fn upgrade(
+    pub(crate) async fn upgrade(
         &self,
         pool: &Pool,
         request: Request<()>,
@@ -136,7 +136,7 @@ impl Upstreams {
     /// neither took request bytes nor answered for `upstream_handshake_timeout` 504 (the timer
     /// restarts on every request body chunk, so a long upload is not cut off); any other error
     /// before the answer head 502.
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         name: &str,
         request: Request<Incoming>,

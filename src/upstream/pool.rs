@@ -36,7 +36,7 @@ pub struct PoolError {
 
 /// One `[upstreams.NAME]`: its servers and how to reach them.
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     name: String,
     servers: Vec<Arc<Server>>,
     balancer: Balancer,
@@ -47,10 +47,10 @@ pub struct Pool {
 
 /// One server of a pool, with its health and load.
 #[derive(Debug)]
-pub struct Server {
+pub(crate) struct Server {
     addr: ServerAddr,
     /// `host:port` as written in the config, for logs.
-    pub label: String,
+    pub(crate) label: String,
     health: Mutex<Health>,
     active: AtomicUsize,
     metrics: ServerMetrics,
@@ -79,7 +79,7 @@ impl Health {
 /// A server's share of an open tunnel: counts toward `least_connections` and the server's
 /// `active_tunnels` until dropped.
 #[derive(Debug)]
-pub struct ServerLease {
+pub(crate) struct ServerLease {
     server: Arc<Server>,
 }
 
@@ -91,7 +91,7 @@ impl ServerLease {
     }
 
     /// The server this lease is on.
-    pub fn server(&self) -> &Server {
+    pub(crate) fn server(&self) -> &Server {
         &self.server
     }
 }
@@ -134,17 +134,17 @@ impl Pool {
     }
 
     /// The servers, in config order.
-    pub fn servers(&self) -> &[Arc<Server>] {
+    pub(crate) fn servers(&self) -> &[Arc<Server>] {
         &self.servers
     }
 
     /// The active health check, when configured.
-    pub fn health_check(&self) -> Option<&HealthCheck> {
+    pub(crate) fn health_check(&self) -> Option<&HealthCheck> {
         self.health.as_ref()
     }
 
     /// The pool's name, for logs and labels.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
@@ -176,7 +176,7 @@ impl Pool {
     /// Connects to the first server that answers, in `candidates` order, for a tunnel: the lease
     /// counts it on that server until dropped. With `send_proxy_protocol` the header naming
     /// `client` is part of the connect (within `timeout`).
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         timeout: Duration,
         client: ProxiedAddrs,
@@ -250,12 +250,13 @@ impl Server {
     }
 
     /// The address to dial.
-    pub fn addr(&self) -> &ServerAddr {
+    pub(crate) fn addr(&self) -> &ServerAddr {
         &self.addr
     }
 
     /// Whether traffic may use this server now (neither verdict says down).
-    pub fn in_rotation(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn in_rotation(&self) -> bool {
         self.is_up(Instant::now())
     }
 

@@ -17,7 +17,7 @@ use crate::error::Reject;
 use crate::error::UpstreamFault;
 
 /// What an upstream answered to the upgrade request.
-pub enum Answer {
+pub(crate) enum Answer {
     /// 101: the head, and the connection (with any bytes the upstream sent after its head).
     Switched {
         head: http::response::Parts,
