@@ -204,6 +204,7 @@ pub async fn warn_unresolved(config: Config, within: Duration) {
         };
         if let Some(problem) = problem {
             tracing::warn!(
+                event = "upstream_unresolved",
                 upstream = %name,
                 server = %upstream::format_addr(&server),
                 error = %problem,
