@@ -53,13 +53,14 @@ impl AccessRecord {
     pub(crate) fn log_handshake(&mut self, status: u16) {
         self.status = status;
         self.handshake = self.started.elapsed();
-        self.emit("handshake", self.handshake, 0, 0, NONE);
+        self.emit("handshake", "handshake", self.handshake, 0, 0, NONE);
     }
 
     /// Logs a closed tunnel opened by this handshake.
     pub(crate) fn log_tunnel(&self, outcome: &TunnelOutcome) {
         let closed_by = outcome.closed_by.to_string();
         self.emit(
+            "tunnel_closed",
             "tunnel closed",
             outcome.duration,
             outcome.bytes_up,
@@ -68,9 +69,11 @@ impl AccessRecord {
         );
     }
 
+    /// `event` is the stable name tests and tools match on; `message` the text for people.
     fn emit(
         &self,
-        event: &str,
+        event: &'static str,
+        message: &str,
         duration: Duration,
         bytes_up: u64,
         bytes_down: u64,
@@ -78,6 +81,7 @@ impl AccessRecord {
     ) {
         tracing::info!(
             target: "access",
+            event,
             client = %self.client,
             host = %self.host,
             path = %self.path,
@@ -91,7 +95,7 @@ impl AccessRecord {
             bytes_up,
             bytes_down,
             closed_by,
-            "{event}"
+            "{message}"
         );
     }
 }

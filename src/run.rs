@@ -63,7 +63,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     // Re-read at the signal: a reload may have changed it.
     let drain_timeout = gateway.runtime().config.limits.drain_timeout;
-    tracing::info!(timeout = ?drain_timeout, "draining: no new connections; open tunnels may finish");
+    tracing::info!(event = "draining", timeout = ?drain_timeout, "draining: no new connections; open tunnels may finish");
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => {},
@@ -87,7 +87,7 @@ async fn reload(source: &Path, gateway: &Gateway, listeners: &mut Listeners) {
     let config = match config::load(source) {
         Ok(c) => c,
         Err(errors) => {
-            tracing::error!(config = %source.display(), errors = %errors, "reload failed: keeping the running configuration");
+            tracing::error!(event = "reload_failed", config = %source.display(), errors = %errors, "reload failed: keeping the running configuration");
             return;
         }
     };
@@ -95,11 +95,11 @@ async fn reload(source: &Path, gateway: &Gateway, listeners: &mut Listeners) {
     let runtime = match Runtime::new(config.clone(), &gateway.metrics) {
         Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!(config = %source.display(), error = %e, "reload failed: keeping the running configuration");
+            tracing::error!(event = "reload_failed", config = %source.display(), error = %e, "reload failed: keeping the running configuration");
             return;
         }
     };
     gateway.replace_runtime(runtime);
     listeners.apply(&config).await;
-    tracing::info!(config = %source.display(), "configuration reloaded");
+    tracing::info!(event = "config_reloaded", config = %source.display(), "configuration reloaded");
 }

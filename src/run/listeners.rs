@@ -190,7 +190,7 @@ impl Open {
         let local = tcp.local_addr()?;
         let socket = tcp.into_std()?;
         let accept = spawn_accept_loop(&socket, tls.as_ref(), settings.proxy_protocol, gateway)?;
-        tracing::info!(addr = %local, kind = "listener", "listening");
+        tracing::info!(event = "listening", addr = %local, kind = "listener", "listening");
         Ok(Open {
             settings,
             local,
@@ -244,7 +244,7 @@ impl Open {
         stop(old).await;
         self.settings = settings.clone();
         self.tls = tls;
-        tracing::info!(addr = %self.local, kind = "listener", "listener restarted with new settings");
+        tracing::info!(event = "listener_restarted", addr = %self.local, kind = "listener", "listener restarted with new settings");
         self
     }
 
@@ -253,7 +253,7 @@ impl Open {
         if let (Some(tls), Some(settings)) = (&self.tls, &self.settings.tls)
             && let Err(e) = tls.reload(settings)
         {
-            tracing::error!(listener = %self.local, error = %e, "certificate reload failed: keeping the old certificates");
+            tracing::error!(event = "certificate_reload_failed", listener = %self.local, error = %e, "certificate reload failed: keeping the old certificates");
         }
     }
 
@@ -261,14 +261,16 @@ impl Open {
     async fn close(self) {
         stop(self.accept).await;
         drop(self.socket);
-        tracing::info!(addr = %self.local, kind = "listener", "listener closed");
+        tracing::info!(event = "listener_closed", addr = %self.local, kind = "listener", "listener closed");
     }
 }
 
 impl Admin {
     fn start(settings: AdminConfig, tcp: TcpListener, gateway: &Arc<Gateway>) -> Admin {
         match tcp.local_addr() {
-            Ok(addr) => tracing::info!(addr = %addr, kind = "admin", "listening"),
+            Ok(addr) => {
+                tracing::info!(event = "listening", addr = %addr, kind = "admin", "listening")
+            }
             Err(e) => tracing::warn!(kind = "admin", error = %e, "listening on an unknown address"),
         }
         let serve = tokio::spawn(admin::serve(tcp, Arc::clone(gateway)));
@@ -277,7 +279,7 @@ impl Admin {
 
     async fn close(self) {
         stop(self.serve).await;
-        tracing::info!(addr = %self.settings.bind, kind = "admin", "listener closed");
+        tracing::info!(event = "listener_closed", addr = %self.settings.bind, kind = "admin", "listener closed");
     }
 }
 

@@ -208,6 +208,7 @@ pub(crate) async fn warn_unresolved(config: Config, within: Duration) {
         };
         if let Some(problem) = problem {
             tracing::warn!(
+                event = "upstream_unresolved",
                 upstream = %name,
                 server = %dial::format_addr(&server),
                 error = %problem,

@@ -6,7 +6,6 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,32 +13,24 @@ use bytes::Bytes;
 use h2::client::{Builder, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
 use http::{Method, Request, Response};
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
 use super::IO_TIMEOUT;
+use super::tls::{dev_cert, tls_client_config};
 
 /// The name the dev server certificate is valid for; also the SNI sent.
 pub const SERVER_NAME: &str = "localhost";
 
 /// A client config trusting only `certs/ca.pem`, offering ALPN `h2` alone.
 pub fn tls_config() -> Arc<rustls::ClientConfig> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/ca.pem");
-    let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.expect("PEM certificate")).expect("CA cert");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(config)
+    tls_client_config(
+        &dev_cert("ca.pem"),
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        &["h2"],
+    )
 }
 
 /// One h2 connection to the gateway; its frames are driven by a background task.
@@ -90,11 +81,6 @@ impl H2Conn {
         tokio::time::timeout(IO_TIMEOUT, setup)
             .await
             .expect("h2 connection set-up timed out")
-    }
-
-    /// `localhost:PORT`, for request URIs.
-    pub fn authority(&self) -> &str {
-        &self.authority
     }
 
     /// Whether the server's SETTINGS had SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 §3).

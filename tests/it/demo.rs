@@ -2,20 +2,16 @@
 //! page through the `http` route on both listeners, echo.v1 and chat.v1 through the gateway to
 //! the in-process upstreams, and the TLS listener's h2 with RFC 8441 extended CONNECT.
 
-mod support;
-
 use std::net::SocketAddr;
-use std::sync::Arc;
 
+use crate::support::*;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode};
 use serde_json::Value;
-use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_tungstenite::tungstenite::Message;
 
 const DEMO_ARGS: [&str; 9] = [
@@ -63,7 +59,7 @@ async fn until_text(
 fn access_ws_handshakes(gw: &Gateway) -> Vec<Value> {
     gw.access_events()
         .into_iter()
-        .filter(|e| e["message"] == "handshake" && e["path"] == "/ws")
+        .filter(|e| is_event(e, "handshake") && e["path"] == "/ws")
         .collect()
 }
 
@@ -124,7 +120,7 @@ async fn echo_v1_is_answered_by_the_echo_upstream() {
         }
         let ev = gw
             .wait_log("access handshake echo.v1", IO_TIMEOUT, |e| {
-                e["target"] == "access" && e["subprotocol"] == "echo.v1"
+                is_event(e, "handshake") && e["subprotocol"] == "echo.v1"
             })
             .await;
         assert_eq!(ev["upstream"], "echo");
@@ -172,25 +168,6 @@ async fn client_order_selects_chat_v1_and_chat_broadcasts_to_every_client() {
         },
     )
     .await;
-}
-
-/// A rustls client trusting only the dev CA, offering `h2`.
-fn tls_connector() -> TlsConnector {
-    let pem = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.pem")).expect("ca.pem");
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots
-            .add(cert.expect("ca.pem parses"))
-            .expect("ca.pem is a CA");
-    }
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    TlsConnector::from(Arc::new(config))
 }
 
 /// One unmasked server frame from `buf` (RFC 6455 §5.2): (opcode, payload, bytes used).
@@ -247,7 +224,7 @@ async fn tls_listener_serves_the_page_over_h2_and_websockets_over_rfc8441() {
             let gw = start_demo().await;
             let addr: SocketAddr = gw.listeners()[1];
             let tcp = TcpStream::connect(addr).await.expect("connect");
-            let tls = tls_connector()
+            let tls = TlsConnector::from(crate::support::h2_client::tls_config())
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)
                 .await
                 .expect("TLS handshake with the dev certificate, trusting certs/ca.pem");
@@ -333,7 +310,7 @@ async fn tls_listener_serves_the_page_over_h2_and_websockets_over_rfc8441() {
 
             let ev = gw
                 .wait_log("access handshake over h2", IO_TIMEOUT, |e| {
-                    e["target"] == "access" && e["path"] == "/ws"
+                    is_event(e, "handshake") && e["path"] == "/ws"
                 })
                 .await;
             assert_eq!(ev["http_version"], "HTTP/2", "{ev}");

@@ -1,17 +1,15 @@
 //! SPEC §6 / RFC 8441: WebSockets over h2 on a TLS listener, bridged to HTTP/1.1 upstreams.
 //! The client is the `h2` crate over tokio-rustls with ALPN h2 (support::h2_client).
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::h2_client::{H2Conn, H2Stream, send_all};
+use crate::support::*;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use h2::Reason;
-use support::h2_client::{H2Conn, H2Stream, send_all};
-use support::*;
 
 /// Routes shared by most tests: `/ws` maps `chat.v2` -> chat and `mqtt` -> mqtt (client order
 /// wins), `/strict` has an origin allowlist, `/web` has an `http` upstream.
@@ -189,11 +187,12 @@ async fn integrity_4mib_each_way() {
         });
         let mut got = Vec::with_capacity(data.len());
         while got.len() < data.len() {
-            let chunk = tokio::time::timeout(IO_TIMEOUT, support::h2_client::recv_chunk(&mut recv))
-                .await
-                .expect("echo stalled")
-                .expect("stream failed")
-                .expect("stream ended early");
+            let chunk =
+                tokio::time::timeout(IO_TIMEOUT, crate::support::h2_client::recv_chunk(&mut recv))
+                    .await
+                    .expect("echo stalled")
+                    .expect("stream failed")
+                    .expect("stream ended early");
             got.extend_from_slice(&chunk);
         }
         assert!(got == *data, "echo differs from what was sent");
@@ -707,11 +706,12 @@ async fn echo_probe(stream: H2Stream, seed: u64, stalled: &str) -> H2Stream {
     });
     let mut got = Vec::new();
     while got.len() < probe.len() {
-        let chunk = tokio::time::timeout(IO_TIMEOUT, support::h2_client::recv_chunk(&mut recv))
-            .await
-            .expect(stalled)
-            .expect("stream failed")
-            .expect("stream ended");
+        let chunk =
+            tokio::time::timeout(IO_TIMEOUT, crate::support::h2_client::recv_chunk(&mut recv))
+                .await
+                .expect(stalled)
+                .expect("stream failed")
+                .expect("stream ended");
         got.extend_from_slice(&chunk);
     }
     assert!(got == probe, "the other stream's echo differs");

@@ -1,8 +1,6 @@
 //! SPEC §2 routing, §3 subprotocol selection and the 101, §4 the request forwarded upstream.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 struct Upstreams {
     chat: WsUpstream,

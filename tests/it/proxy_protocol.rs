@@ -4,12 +4,10 @@
 //! and closes a connection without a valid header; an upstream with `send_proxy_protocol` gets the
 //! header, byte-exact, before the upgrade request.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// The v2 signature (proxy-protocol.txt §2.2).
 const V2_SIG: &[u8] = b"\r\n\r\n\x00\r\nQUIT\n";

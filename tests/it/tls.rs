@@ -4,15 +4,13 @@
 //!
 //! Clients are real rustls clients trusting the committed dev CA (`certs/ca.pem`).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -428,11 +426,9 @@ async fn sighup_swaps_certificate_for_new_connections_only() {
 
         replace_file(&cert_b, &live_cert);
         replace_file(&key_b, &live_key);
+        let mark = gw.log_mark();
         gw.sighup().await;
-        gw.wait_log("`configuration reloaded`", IO_TIMEOUT, |e| {
-            e["message"] == "configuration reloaded"
-        })
-        .await;
+        gw.wait_event_after(mark, RELOADED, IO_TIMEOUT).await;
         let tls = tls_connect(gw.addr(), dev_client_config(), "localhost").await;
         assert!(
             peer_leaf(&tls) == der_b,
@@ -449,15 +445,13 @@ async fn sighup_swaps_certificate_for_new_connections_only() {
         echo(&mut open, "A still open").await;
 
         std::fs::remove_file(&live_key).expect("remove the key");
+        let mark = gw.log_mark();
         gw.sighup().await;
-        let failed = gw
-            .wait_log("an error for the unreadable key", IO_TIMEOUT, |e| {
-                e["level"] == "ERROR" && e.to_string().contains("live-key.pem")
-            })
-            .await;
+        let failed = gw.wait_event_after(mark, RELOAD_FAILED, IO_TIMEOUT).await;
+        assert_eq!(failed["level"], "ERROR", "{failed}");
         assert!(
-            failed.to_string().contains("reload failed"),
-            "the error says the reload failed: {failed}"
+            failed.to_string().contains("live-key.pem"),
+            "the error does not name the unreadable key: {failed}"
         );
         let tls = tls_connect(gw.addr(), dev_client_config(), "localhost").await;
         assert!(
@@ -514,11 +508,9 @@ async fn sighup_pairs_listeners_by_bind_address() {
         assert!(served(p2).await == want2, "{p2} before the reload");
 
         std::fs::write(gw.config_path(), format!("{chat}{server}{rest}")).expect("rewrite");
+        let mark = gw.log_mark();
         gw.sighup().await;
-        gw.wait_log("`configuration reloaded`", IO_TIMEOUT, |e| {
-            e["message"] == "configuration reloaded"
-        })
-        .await;
+        gw.wait_event_after(mark, RELOADED, IO_TIMEOUT).await;
         assert!(
             served(p1).await == want1,
             "{p1} serves another listener's certificate after a reordering reload\n{}",

@@ -1,12 +1,10 @@
 //! SPEC §3 end to end: version negotiation (RFC 6455 §4.4), the failures the gateway answers
 //! itself (with the whole failure contract), and hybi versions 7/8.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 #[test]

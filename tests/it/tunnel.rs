@@ -1,12 +1,10 @@
 //! SPEC §5: the tunnel copies bytes verbatim both ways (early bytes included), propagates
 //! half-close, closes idle tunnels, and closes the client promptly when the upstream resets.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// One route `/ws`: subprotocol `echo` or no offer (fallback), both to `up`.
 async fn tunnel_gateway(up: &RawUpstream, limits: &[(&str, &str)]) -> Gateway {

@@ -2,11 +2,9 @@
 //! it (the WebSocket smuggling guard), reject a bad 101, 502/504 for unreachable or silent
 //! upstreams, and fail over to the next server.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// A masked WebSocket text frame followed by an HTTP request: what a smuggling client sends
 /// hoping the connection became a tunnel.

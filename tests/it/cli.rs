@@ -1,9 +1,7 @@
 //! SPEC §1: `check` and `run` exit codes and the messages an operator needs (file, line, key,
 //! address).
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 fn write_config(dir: &std::path::Path, name: &str, text: &str) -> String {
     let path = dir.join(name);

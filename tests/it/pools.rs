@@ -3,8 +3,6 @@
 //! names, ordinary requests through the `http` upstream (streaming, keep-alive, failover, 502/504),
 //! other upgrade tokens, and the per-server metrics.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use support::*;
+use crate::support::*;
 
 /// A version-13 upgrade for `/ws` offering chat.v2.
 fn ws_request(gw: &Gateway) -> ClientRequest {
@@ -295,24 +293,25 @@ async fn health_check_takes_a_server_out_and_back() {
     .await;
 }
 
-/// Health checks with `target` that `up` has received.
-fn checks_of(up: &RawUpstream, target: &str) -> usize {
-    up.conns()
+/// Health checks with `target` among `conns`.
+fn count_checks(conns: &[Arc<ConnLog>], target: &str) -> usize {
+    conns
         .iter()
         .filter(|c| c.head().is_some_and(|h| h.target == target))
         .count()
 }
 
+/// Health checks with `target` that `up` has received.
+fn checks_of(up: &RawUpstream, target: &str) -> usize {
+    count_checks(&up.conns(), target)
+}
+
 /// Waits until `up` has received `n` checks of `target`.
 async fn wait_checks(up: &RawUpstream, target: &str, n: usize) {
-    let wait = async {
-        while checks_of(up, target) < n {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    if tokio::time::timeout(IO_TIMEOUT, wait).await.is_err() {
-        panic!("fewer than {n} checks of {target} within {IO_TIMEOUT:?}");
-    }
+    up.wait_until(&format!("{n} checks of {target}"), IO_TIMEOUT, |conns| {
+        count_checks(conns, target) >= n
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -406,9 +405,9 @@ async fn host_names_resolve_and_unresolvable_ones_fail_over() {
                 .start()
                 .await;
             gw.wait_log("warning for the unresolvable name", IO_TIMEOUT, |e| {
-                e.get("level").and_then(|l| l.as_str()) == Some("WARN")
-                    && e.to_string().contains("no-such-host.invalid:9")
-                    && e.to_string().contains("does not resolve")
+                is_event(e, "upstream_unresolved")
+                    && e.get("level").and_then(|l| l.as_str()) == Some("WARN")
+                    && e.get("server").and_then(|s| s.as_str()) == Some("no-such-host.invalid:9")
             })
             .await;
             for i in 0..3 {
