@@ -51,7 +51,13 @@ fn start_gateway(upstream: SocketAddr) -> Gateway {
          [[route]]\npath = \"/ws\"\nfallback = \"echo\"\n"
     );
     std::fs::write(&config, toml).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    // SWITCHYARD_BENCH_BIN measures another build (e.g. the previous commit's) with the same
+    // load, so that two builds can be compared side by side in one sitting.
+    let bin = std::env::var_os("SWITCHYARD_BENCH_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_switchyard").into(),
+        std::path::PathBuf::from,
+    );
+    let mut child = Command::new(bin)
         .args([
             "--log-format",
             "json",

@@ -109,7 +109,13 @@ impl Pump {
     fn new(dir: Direction, early: Bytes) -> Self {
         Pump {
             dir,
-            early,
+            // An empty slice still pins the read buffer it was cut from (hyper's, or the first
+            // head's): keep none, or every idle tunnel holds both of its buffers.
+            early: if early.is_empty() {
+                Bytes::new()
+            } else {
+                early
+            },
             buf: None,
             pos: 0,
             end: 0,
@@ -185,6 +191,9 @@ impl Pump {
                 self.early.advance(n);
                 self.need_flush = true;
                 meter.delivered(self.dir, n);
+                if self.early.is_empty() {
+                    self.early = Bytes::new(); // unpin the buffer (see `Pump::new`)
+                }
             }
 
             while self.pos < self.end {
@@ -438,6 +447,37 @@ mod tests {
             dst_app.read_exact(&mut got).await.unwrap();
             assert_eq!(&got, b"abc");
             assert_eq!(meter.bytes_up(), 3);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Early bytes are slices of a larger read buffer (hyper's, or the first head's). Once
+    /// delivered, or when there are none, the pump must not keep that buffer alive: with
+    /// thousands of idle tunnels it was most of their memory.
+    #[tokio::test]
+    async fn early_bytes_do_not_pin_their_read_buffer() {
+        timeout(LIMIT, async {
+            for early_len in [0, 3] {
+                let mut read_buf = Bytes::from(vec![b'x'; 8192]);
+                let early = read_buf.split_off(8192 - early_len);
+                let (mut src_app, mut src) = tokio::io::duplex(64);
+                let (mut dst, mut dst_app) = tokio::io::duplex(64);
+                let meter = Meter::new(None);
+                let mut pump = Pump::new(Direction::Up, early);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                assert!(
+                    pump.poll_copy(&mut cx, &mut src, &mut dst, &meter)
+                        .is_pending()
+                );
+                let mut got = vec![0u8; early_len];
+                dst_app.read_exact(&mut got).await.unwrap();
+                assert!(
+                    read_buf.is_unique(),
+                    "{early_len} early bytes: buffer still pinned"
+                );
+                src_app.write_all(b"later").await.unwrap();
+            }
         })
         .await
         .unwrap();
