@@ -14,13 +14,10 @@
 //! non-TCP legs (a boxed upstream TLS stream is reused as is), and a vtable call per read or
 //! write of up to a whole copy buffer, which is noise next to the TLS or h2 work behind it.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// Any connected byte stream a tunnel can drive with a generic engine.
 pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -55,8 +52,8 @@ impl Leg {
     /// Splits the leg for an engine that works on any stream.
     pub(super) fn into_io(self) -> (LegIo, Bytes) {
         match self {
-            Leg::Tcp { stream, early } => (LegIo::Tcp(stream), early),
-            Leg::Stream { stream, early } => (LegIo::Stream(stream), early),
+            Leg::Tcp { stream, early } => (Either::Left(stream), early),
+            Leg::Stream { stream, early } => (Either::Right(stream), early),
         }
     }
 }
@@ -76,48 +73,4 @@ impl std::fmt::Debug for Leg {
 
 /// A leg's stream without its early bytes, as one type, so a generic engine is compiled once
 /// for every pair of legs; a TCP leg costs a branch per call instead of a box.
-pub(super) enum LegIo {
-    Tcp(TcpStream),
-    Stream(Box<dyn ByteStream>),
-}
-
-macro_rules! delegate {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            LegIo::Tcp($s) => {
-                let $s = Pin::new($s);
-                $e
-            }
-            LegIo::Stream($s) => {
-                let $s = Pin::new($s.as_mut());
-                $e
-            }
-        }
-    };
-}
-
-impl AsyncRead for LegIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for LegIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => s.poll_write(cx, data))
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_flush(cx))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_shutdown(cx))
-    }
-}
+pub(super) type LegIo = Either<TcpStream, Box<dyn ByteStream>>;
