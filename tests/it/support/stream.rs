@@ -46,6 +46,9 @@ where
                 .expect("write into the tunnel");
             sent += n;
         }
+        // A TLS writer may hold the last record until flushed (tokio-rustls buffers what the
+        // socket would not take), and the echo of it is awaited before the shutdown below.
+        wr.flush().await.expect("flush the tunnel");
         wr
     });
     let mut got = 0;
