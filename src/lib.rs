@@ -24,11 +24,12 @@
 //! Around it: `config` (raw serde -> validated model; defaults named once), `error` (every
 //! failure and the ONLY failure -> HTTP answer mapping, [`error::Reject::response`]; the
 //! `Carrier`), `run` (bind, SIGHUP reload, drain), `shutdown`, `admin` (/healthz /readyz
-//! /metrics), `metrics`, `proxy_protocol`, `sockopt`, `limits`, `certs` (dev certificates) and
-//! `demo`. Only what `main.rs` calls is public.
+//! /metrics), `metrics`, `proxy_protocol`, `sockopt`, `limits`, `certs` (dev certificates), `demo` and
+//! `bench` (the load generator of BENCHMARKS.md). Only what `main.rs` calls is public.
 
 mod access;
 mod admin;
+pub mod bench;
 pub mod certs;
 pub mod config;
 pub mod demo;

@@ -52,6 +52,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
     },
+    /// Load generator for WebSocket proxies on this machine (loopback targets only): the echo
+    /// upstream, handshakes, echo, bulk and idle modes behind BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        mode: switchyard::bench::BenchMode,
+    },
     /// Write a dev CA and a server certificate signed by it.
     Certs {
         /// Output directory.
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
                 admin,
             }))
         }
+        Command::Bench { mode } => serve(switchyard::bench::run(mode)),
         // An empty `names` means the default names (`certs::DEFAULT_NAMES`).
         Command::Certs { out, names } => match switchyard::certs::write_dev_certs(&out, &names) {
             Ok(()) => {

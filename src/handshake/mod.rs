@@ -28,7 +28,7 @@ mod upstream;
 pub(crate) use client::{
     Negotiated, check_other_upgrade, client_success, client_success_other, negotiate,
 };
-pub(crate) use key::key_from_bytes;
+pub(crate) use key::{accept_key, key_from_bytes};
 pub(crate) use upstream::{
     ForwardInfo, UpstreamUpgrade, check_upstream_101, check_upstream_other_101, forward_headers,
     strip_hop_by_hop, upstream_request,
