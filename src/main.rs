@@ -104,7 +104,13 @@ fn main() -> ExitCode {
                 admin,
             }))
         }
-        Command::Bench { mode } => serve(switchyard::bench::run(mode)),
+        Command::Bench { mode } => match switchyard::bench::check(&mode) {
+            Ok(()) => serve(switchyard::bench::run(mode)),
+            Err(e) => {
+                eprintln!("switchyard: bench: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         // An empty `names` means the default names (`certs::DEFAULT_NAMES`).
         Command::Certs { out, names } => match switchyard::certs::write_dev_certs(&out, &names) {
             Ok(()) => {

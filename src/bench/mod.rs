@@ -111,13 +111,27 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
 }
 
+/// Checks the arguments of `mode` without measuring anything: a bad or non-loopback target is
+/// a usage error (exit 2), found before any connection is made.
+pub fn check(mode: &BenchMode) -> Result<(), BenchError> {
+    match mode {
+        BenchMode::Upstream { listen } if !listen.ip().is_loopback() => {
+            Err(BenchError::ListenNotLoopback(*listen))
+        }
+        BenchMode::Upstream { .. } => Ok(()),
+        BenchMode::Idle { common, .. } if common.pid.is_none() => Err(BenchError::IdleNeedsPid),
+        BenchMode::Handshakes { common, .. }
+        | BenchMode::Echo { common, .. }
+        | BenchMode::Bulk { common, .. }
+        | BenchMode::Idle { common, .. } => parse_target(&common.target).map(drop),
+    }
+}
+
 /// Runs one mode and prints its result: a human line on stderr, one JSON line on stdout.
 pub async fn run(mode: BenchMode) -> Result<(), BenchError> {
+    check(&mode)?;
     let (common, result) = match mode {
         BenchMode::Upstream { listen } => {
-            if !listen.ip().is_loopback() {
-                return Err(BenchError::ListenNotLoopback(listen));
-            }
             let listener = tokio::net::TcpListener::bind(listen).await?;
             eprintln!("echo upstream listening on {}", listener.local_addr()?);
             upstream::serve(listener).await;

@@ -113,3 +113,38 @@ async fn unknown_subcommand_exits_2() {
     })
     .await;
 }
+
+/// SPEC §1: `bench` refuses any target outside 127.0.0.0/8 and ::1, as a usage error, before
+/// connecting anywhere; a loopback target that is not a `ws://` URL is refused the same way.
+#[tokio::test]
+async fn bench_refuses_targets_off_loopback() {
+    bounded("bench_refuses_targets_off_loopback", async {
+        for (args, says) in [
+            (
+                &["bench", "echo", "--target", "ws://10.1.2.3:80/ws"][..],
+                "127.0.0.0/8",
+            ),
+            (
+                &["bench", "handshakes", "--target", "ws://[2001:db8::1]:80/"][..],
+                "127.0.0.0/8",
+            ),
+            (
+                &["bench", "upstream", "--listen", "0.0.0.0:9000"][..],
+                "127.0.0.0/8",
+            ),
+            (
+                &["bench", "bulk", "--target", "http://127.0.0.1:80/"][..],
+                "ws://HOST:PORT/PATH",
+            ),
+            (
+                &["bench", "idle", "--target", "ws://127.0.0.1:9/"][..],
+                "--pid",
+            ),
+        ] {
+            let (code, _out, err) = run_cli(args).await;
+            assert_eq!(code, 2, "{args:?}: stderr {err:?}");
+            assert!(err.contains(says), "{args:?}: stderr {err:?}");
+        }
+    })
+    .await;
+}
