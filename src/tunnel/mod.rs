@@ -188,8 +188,11 @@ where
     D: Future<Output = ()>,
 {
     let meter = Meter::new(cfg.counters.as_ref());
-    let pair = Pair::pick(client, upstream);
-    let engine = pair.engine();
+    // In a block so the legs are stored once in this future (inside the copy), not twice.
+    let (engine, copy) = {
+        let pair = Pair::pick(client, upstream);
+        (pair.engine(), pair.copy(&meter))
+    };
     if let Some(counters) = &cfg.counters {
         counters
             .engine_count(engine)
@@ -200,7 +203,7 @@ where
     let closed_by = tokio::select! {
         biased;
         () = drain => ClosedBy::Drain,
-        end = pair.copy(&meter) => end.closed_by(),
+        end = copy => end.closed_by(),
         () = idle_deadline(cfg.idle_timeout, &meter) => ClosedBy::Idle,
     };
     TunnelOutcome {
