@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::tunnel::ByteCounters;
+use crate::tunnel::{ByteCounters, Engine};
 
 /// `route` is the route's path, or `none` when nothing matched.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +33,11 @@ struct TunnelLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabels {
+    engine: &'static str,
 }
 
 /// One server of one upstream: `server` is its `host:port` as written in the config.
@@ -81,6 +86,7 @@ impl Default for Metrics {
             tunnels_active.clone(),
         );
         registry.register_collector(Box::new(TunnelBytes(tunnel_bytes.clone())));
+        registry.register_collector(Box::new(TunnelEngines(tunnel_bytes.clone())));
         registry.register(
             "switchyard_upstream_connect_seconds",
             "Time to connect to an upstream server (TCP, and TLS where configured)",
@@ -227,6 +233,29 @@ impl Collector for TunnelBytes {
     }
 }
 
+/// `switchyard_tunnel_engine_total{engine}`: tunnels started per copy engine (`splice`,
+/// `buffered`), read from the same live counters, so a plain-TCP deployment can see it splices.
+#[derive(Debug)]
+struct TunnelEngines(ByteCounters);
+
+impl Collector for TunnelEngines {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "switchyard_tunnel_engine",
+            "Tunnels started by copy engine (splice for plain TCP legs, buffered otherwise)",
+            None,
+            MetricType::Counter,
+        )?;
+        for engine in Engine::ALL {
+            let labels = EngineLabels {
+                engine: engine.as_str(),
+            };
+            ConstCounter::new(self.0.tunnels(engine)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Keeps `switchyard_tunnels_active` up while a tunnel lives.
 #[derive(Debug)]
 pub(crate) struct ActiveTunnel {
@@ -361,6 +390,15 @@ mod tests {
             );
             assert!(
                 text.contains(r#"switchyard_tunnel_bytes_total{direction="upstream_to_client"} 4"#),
+                "{text}"
+            );
+            // In-memory legs are streams, so both open tunnels count as buffered.
+            assert!(
+                text.contains(r#"switchyard_tunnel_engine_total{engine="buffered"} 2"#),
+                "{text}"
+            );
+            assert!(
+                text.contains(r#"switchyard_tunnel_engine_total{engine="splice"} 0"#),
                 "{text}"
             );
             let _ = stop.send(());

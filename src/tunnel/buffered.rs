@@ -263,7 +263,7 @@ mod tests {
     use crate::tunnel::testing::{
         LIMIT, no_drain, random_bytes, read_all, rig, tcp_pair, write_in_pieces,
     };
-    use crate::tunnel::{ByteCounters, ClosedBy, Leg, TunnelConfig, run};
+    use crate::tunnel::{ByteCounters, ClosedBy, Engine, Leg, TunnelConfig, run};
 
     /// 16 MiB each way at once over real sockets: every byte arrives, once, in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +277,7 @@ mod tests {
                 idle_timeout: Some(Duration::from_secs(60)),
                 counters: Some(counters.clone()),
             };
-            let rig = rig(b"", b"", cfg, no_drain()).await;
+            let rig = rig(Engine::Buffered, b"", b"", cfg, no_drain()).await;
             let (c_read, c_write) = rig.client_app.into_split();
             let (u_read, u_write) = rig.upstream_app.into_split();
             let (_, _, got_up, got_down) = tokio::join!(
@@ -289,6 +289,7 @@ mod tests {
             assert!(got_up == up_data, "client -> upstream bytes differ");
             assert!(got_down == down_data, "upstream -> client bytes differ");
             let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.engine, Engine::Buffered);
             assert_eq!(out.bytes_up, LEN as u64);
             assert_eq!(out.bytes_down, LEN as u64);
             assert_eq!(counters.up(), LEN as u64);
@@ -330,6 +331,7 @@ mod tests {
             assert!(got_up.starts_with(b"ce") && got_up[2..] == up_data[..]);
             assert!(got_down.starts_with(b"ue") && got_down[2..] == down_data[..]);
             let out = tunnel.await.unwrap();
+            assert_eq!(out.engine, Engine::Buffered);
             assert_eq!(out.bytes_up, 300_002);
             assert_eq!(out.bytes_down, 200_002);
         })
@@ -352,8 +354,8 @@ mod tests {
                 .unwrap();
             upstream_app.shutdown().await.unwrap();
             let out = run(
-                Leg::tcp(client_gw, Bytes::from_static(b"EARLY-C\x00\xff")),
-                Leg::tcp(upstream_gw, Bytes::from_static(b"EARLY-U\x81\x05")),
+                Leg::stream(client_gw, Bytes::from_static(b"EARLY-C\x00\xff")),
+                Leg::stream(upstream_gw, Bytes::from_static(b"EARLY-U\x81\x05")),
                 &TunnelConfig::default(),
                 std::future::pending(),
             )
@@ -377,7 +379,14 @@ mod tests {
     #[tokio::test]
     async fn client_half_close_keeps_the_other_direction_open() {
         timeout(LIMIT, async {
-            let mut rig = rig(b"", b"", TunnelConfig::default(), no_drain()).await;
+            let mut rig = rig(
+                Engine::Buffered,
+                b"",
+                b"",
+                TunnelConfig::default(),
+                no_drain(),
+            )
+            .await;
             rig.client_app.write_all(b"hello").await.unwrap();
             rig.client_app.shutdown().await.unwrap();
             // The upstream sees the bytes, then EOF.
@@ -403,7 +412,14 @@ mod tests {
     #[tokio::test]
     async fn upstream_half_close_keeps_the_other_direction_open() {
         timeout(LIMIT, async {
-            let mut rig = rig(b"", b"bye", TunnelConfig::default(), no_drain()).await;
+            let mut rig = rig(
+                Engine::Buffered,
+                b"",
+                b"bye",
+                TunnelConfig::default(),
+                no_drain(),
+            )
+            .await;
             rig.upstream_app.shutdown().await.unwrap();
             assert_eq!(read_all(&mut rig.client_app).await, b"bye");
             rig.client_app

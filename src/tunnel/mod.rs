@@ -13,13 +13,15 @@
 //! - `leg.rs`: [`Leg`], plain TCP (for engines that need the raw socket) or any byte stream;
 //! - `meter.rs`: byte counts and the last-activity time every engine reports to;
 //! - `pool.rs`: the per-thread pool of copy buffers;
-//! - one file per engine, each returning a `CopyEnd`: `buffered.rs` works for any legs. A
-//!   `splice(2)` engine for TCP-TCP pairs and an inspecting engine slot in beside it.
+//! - one file per engine, each returning a `CopyEnd`: `splice.rs` (Linux) for a pair of plain
+//!   TCP legs, `buffered.rs` for any legs. An inspecting engine slots in beside them.
 
 mod buffered;
 mod leg;
 mod meter;
 mod pool;
+#[cfg(target_os = "linux")]
+mod splice;
 #[cfg(test)]
 mod testing;
 
@@ -30,9 +32,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 pub(crate) use leg::Leg;
+use leg::LegIo;
 use meter::{Meter, Side};
 
 /// How a tunnel behaves; built once by the caller from the validated config.
@@ -46,11 +51,14 @@ pub(crate) struct TunnelConfig {
     pub(crate) counters: Option<ByteCounters>,
 }
 
-/// Byte counters the metrics layer can read while tunnels run; cheap to clone (shared atomics).
+/// Byte counters the metrics layer can read while tunnels run, and how many tunnels each engine
+/// carried; cheap to clone (shared atomics).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ByteCounters {
     up: Arc<AtomicU64>,
     down: Arc<AtomicU64>,
+    splice_tunnels: Arc<AtomicU64>,
+    buffered_tunnels: Arc<AtomicU64>,
 }
 
 impl ByteCounters {
@@ -67,6 +75,40 @@ impl ByteCounters {
     /// Bytes delivered upstream -> client so far (`direction="upstream_to_client"`, SPEC §7).
     pub(crate) fn down(&self) -> u64 {
         self.down.load(Ordering::Relaxed)
+    }
+
+    /// Tunnels started so far on `engine`.
+    pub(crate) fn tunnels(&self, engine: Engine) -> u64 {
+        self.engine_count(engine).load(Ordering::Relaxed)
+    }
+
+    fn engine_count(&self, engine: Engine) -> &AtomicU64 {
+        match engine {
+            Engine::Splice => &self.splice_tunnels,
+            Engine::Buffered => &self.buffered_tunnels,
+        }
+    }
+}
+
+/// Which copy engine carried a tunnel; the `engine` field of its access event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Engine {
+    /// `splice(2)` through pipes, for two plain TCP legs (Linux).
+    Splice,
+    /// Through user-space buffers, for any legs.
+    Buffered,
+}
+
+impl Engine {
+    /// Every engine, in the order metrics list them.
+    pub(crate) const ALL: [Engine; 2] = [Engine::Splice, Engine::Buffered];
+
+    /// The lowercase word used in logs and metric labels.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Engine::Splice => "splice",
+            Engine::Buffered => "buffered",
+        }
     }
 }
 
@@ -116,6 +158,8 @@ pub(crate) struct TunnelOutcome {
     pub(crate) closed_by: ClosedBy,
     /// From the call to [`run`] until both streams were closed.
     pub(crate) duration: Duration,
+    /// The engine that copied the bytes.
+    pub(crate) engine: Engine,
 }
 
 /// Runs a tunnel to its end, then closes both legs (dropping them) and reports.
@@ -144,12 +188,22 @@ where
     D: Future<Output = ()>,
 {
     let meter = Meter::new(cfg.counters.as_ref());
+    // In a block so the legs are stored once in this future (inside the copy), not twice.
+    let (engine, copy) = {
+        let pair = Pair::pick(client, upstream);
+        (pair.engine(), pair.copy(&meter))
+    };
+    if let Some(counters) = &cfg.counters {
+        counters
+            .engine_count(engine)
+            .fetch_add(1, Ordering::Relaxed);
+    }
     // The engine owns both legs: when this `select!` ends, dropping it closes both sockets,
     // which is what tells each peer the tunnel is over.
     let closed_by = tokio::select! {
         biased;
         () = drain => ClosedBy::Drain,
-        end = copy(client, upstream, &meter) => end.closed_by(),
+        end = copy => end.closed_by(),
         () = idle_deadline(cfg.idle_timeout, &meter) => ClosedBy::Idle,
     };
     TunnelOutcome {
@@ -157,18 +211,100 @@ where
         bytes_down: meter.bytes_down(),
         closed_by,
         duration: meter.started().elapsed(),
+        engine,
     }
 }
 
-/// Picks the copy engine for a pair of legs and runs it: the one place engines are chosen.
-///
-/// Every pair gets the buffered engine today. The `splice(2)` engine will take `(Leg::Tcp,
-/// Leg::Tcp)` pairs here, and the inspecting engine whatever a tunnel mode (a `run` argument
-/// added with it; with one mode only it would be a placeholder) asks to inspect.
-async fn copy(client: Leg, upstream: Leg, meter: &Meter<'_>) -> CopyEnd {
-    let (client, client_early) = client.into_io();
-    let (upstream, upstream_early) = upstream.into_io();
-    buffered::copy(client, client_early, upstream, upstream_early, meter).await
+/// Both legs of a tunnel, as the engine picked for them takes them.
+enum Pair {
+    #[cfg(target_os = "linux")]
+    Splice {
+        client: tokio::net::TcpStream,
+        client_early: Bytes,
+        upstream: tokio::net::TcpStream,
+        upstream_early: Bytes,
+    },
+    Buffered {
+        client: LegIo,
+        client_early: Bytes,
+        upstream: LegIo,
+        upstream_early: Bytes,
+    },
+}
+
+impl Pair {
+    /// The one place an engine is chosen: two plain TCP legs splice, unless no pipe can be had
+    /// (descriptors exhausted), which falls back to buffers rather than failing the tunnel; TLS
+    /// and h2 legs are buffered. The inspecting engine will take whatever a tunnel mode (a
+    /// `run` argument added with it) asks to inspect.
+    fn pick(client: Leg, upstream: Leg) -> Pair {
+        match (client, upstream) {
+            #[cfg(target_os = "linux")]
+            (
+                Leg::Tcp {
+                    stream: client,
+                    early: client_early,
+                },
+                Leg::Tcp {
+                    stream: upstream,
+                    early: upstream_early,
+                },
+            ) => match splice::pipes_available() {
+                Ok(()) => Pair::Splice {
+                    client,
+                    client_early,
+                    upstream,
+                    upstream_early,
+                },
+                Err(e) => {
+                    tracing::debug!(cause = %e, "no pipe for splice; tunnel copies through buffers");
+                    Pair::Buffered {
+                        client: Either::Left(client),
+                        client_early,
+                        upstream: Either::Left(upstream),
+                        upstream_early,
+                    }
+                }
+            },
+            (client, upstream) => {
+                let (client, client_early) = client.into_io();
+                let (upstream, upstream_early) = upstream.into_io();
+                Pair::Buffered {
+                    client,
+                    client_early,
+                    upstream,
+                    upstream_early,
+                }
+            }
+        }
+    }
+
+    fn engine(&self) -> Engine {
+        match self {
+            #[cfg(target_os = "linux")]
+            Pair::Splice { .. } => Engine::Splice,
+            Pair::Buffered { .. } => Engine::Buffered,
+        }
+    }
+
+    /// Runs the picked engine to its end.
+    async fn copy(self, meter: &Meter<'_>) -> CopyEnd {
+        match self {
+            #[cfg(target_os = "linux")]
+            Pair::Splice {
+                client,
+                client_early,
+                upstream,
+                upstream_early,
+            } => splice::copy(client, client_early, upstream, upstream_early, meter).await,
+            Pair::Buffered {
+                client,
+                client_early,
+                upstream,
+                upstream_early,
+            } => buffered::copy(client, client_early, upstream, upstream_early, meter).await,
+        }
+    }
 }
 
 /// Waits until no byte has moved for `timeout`. One timer, re-armed only when it fires early:
@@ -248,8 +384,8 @@ mod tests {
     use super::*;
 
     /// A reset from one side closes the other promptly and names the side that reset.
-    async fn reset_closes_other_side(reset_client: bool) {
-        let mut rig = rig(b"", b"", TunnelConfig::default(), no_drain()).await;
+    async fn reset_closes_other_side(engine: Engine, reset_client: bool) {
+        let mut rig = rig(engine, b"", b"", TunnelConfig::default(), no_drain()).await;
         // Prove the tunnel is up before resetting.
         rig.client_app.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 4];
@@ -270,7 +406,7 @@ mod tests {
         } else {
             ClosedBy::Upstream
         };
-        assert_eq!(out.closed_by, expected);
+        assert_eq!((out.closed_by, out.engine), (expected, engine));
         let mut rest = Vec::new();
         let seen = timeout(Duration::from_secs(2), survivor.read_to_end(&mut rest))
             .await
@@ -280,14 +416,80 @@ mod tests {
 
     #[tokio::test]
     async fn client_reset_closes_upstream_promptly() {
-        timeout(LIMIT, reset_closes_other_side(true)).await.unwrap();
+        for engine in Engine::ALL {
+            timeout(LIMIT, reset_closes_other_side(engine, true))
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]
     async fn upstream_reset_closes_client_promptly() {
-        timeout(LIMIT, reset_closes_other_side(false))
-            .await
-            .unwrap();
+        for engine in Engine::ALL {
+            timeout(LIMIT, reset_closes_other_side(engine, false))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Two plain TCP legs splice (on Linux); a pair with any other leg is buffered; the shared
+    /// counters count each tunnel under its engine.
+    #[tokio::test]
+    async fn engine_is_picked_by_the_kind_of_legs() {
+        timeout(LIMIT, async {
+            let counters = ByteCounters::new();
+            let cfg = TunnelConfig {
+                idle_timeout: None,
+                counters: Some(counters.clone()),
+            };
+            let splice = if cfg!(target_os = "linux") {
+                Engine::Splice
+            } else {
+                Engine::Buffered
+            };
+            for (client_tcp, upstream_tcp, expected) in [
+                (true, true, splice),
+                (true, false, Engine::Buffered),
+                (false, true, Engine::Buffered),
+            ] {
+                let (mut client_app, client_gw) = tcp_pair().await;
+                let (mut upstream_app, upstream_gw) = tcp_pair().await;
+                let leg = |tcp, stream| {
+                    if tcp {
+                        Leg::tcp(stream, Bytes::new())
+                    } else {
+                        Leg::stream(stream, Bytes::new())
+                    }
+                };
+                client_app.shutdown().await.unwrap();
+                upstream_app.shutdown().await.unwrap();
+                let out = run(
+                    leg(client_tcp, client_gw),
+                    leg(upstream_tcp, upstream_gw),
+                    &cfg,
+                    std::future::pending(),
+                )
+                .await;
+                assert_eq!(out.engine, expected, "{client_tcp} {upstream_tcp}");
+                assert_eq!(read_all(&mut client_app).await, b"");
+            }
+            assert_eq!(
+                counters.tunnels(Engine::Splice),
+                u64::from(splice == Engine::Splice)
+            );
+            assert_eq!(
+                counters.tunnels(Engine::Buffered),
+                if splice == Engine::Splice { 2 } else { 3 }
+            );
+        })
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn engine_words_match_the_access_log() {
+        let words: Vec<&str> = Engine::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(words, ["splice", "buffered"]);
     }
 
     /// On tokio's paused clock: the idle deadline fires exactly `idle_timeout` after the start of
@@ -424,7 +626,7 @@ mod tests {
     async fn drain_ends_the_tunnel_and_closes_both_sides() {
         timeout(LIMIT, async {
             let (drain_tx, drain_rx) = oneshot::channel();
-            let mut rig = rig(b"", b"", TunnelConfig::default(), drain_rx).await;
+            let mut rig = rig(Engine::Splice, b"", b"", TunnelConfig::default(), drain_rx).await;
             rig.upstream_app.write_all(b"up").await.unwrap();
             let mut got = [0u8; 2];
             rig.client_app.read_exact(&mut got).await.unwrap();
@@ -481,6 +683,14 @@ mod tests {
             let fut = run(
                 Leg::tcp(a, Bytes::new()),
                 Leg::stream(b, Bytes::new()),
+                &cfg,
+                async {},
+            );
+            assert_send(&fut);
+            let (a, b) = tcp_pair().await;
+            let fut = run(
+                Leg::tcp(a, Bytes::new()),
+                Leg::tcp(b, Bytes::new()),
                 &cfg,
                 async {},
             );

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Leg, TunnelConfig, TunnelOutcome, run};
+use super::{Engine, Leg, TunnelConfig, TunnelOutcome, run};
 
 /// Bound on every wall-clock test.
 pub(super) const LIMIT: Duration = Duration::from_secs(30);
@@ -31,8 +31,11 @@ pub(super) struct Rig<S> {
     pub(super) tunnel: JoinHandle<TunnelOutcome>,
 }
 
-/// Starts a tunnel between two loopback pairs (TCP legs); `drain` fires when its sender sends.
+/// Starts a tunnel between two loopback pairs; `drain` fires when its sender sends. For
+/// `Engine::Splice` the legs are plain TCP legs (the pick then splices, on Linux), for
+/// `Engine::Buffered` the same sockets as boxed stream legs (always buffered).
 pub(super) async fn rig(
+    engine: Engine,
     client_early: &'static [u8],
     upstream_early: &'static [u8],
     cfg: TunnelConfig,
@@ -40,8 +43,12 @@ pub(super) async fn rig(
 ) -> Rig<TcpStream> {
     let (client_app, client_gw) = tcp_pair().await;
     let (upstream_app, upstream_gw) = tcp_pair().await;
-    let client = Leg::tcp(client_gw, Bytes::from_static(client_early));
-    let upstream = Leg::tcp(upstream_gw, Bytes::from_static(upstream_early));
+    let leg = |stream, early| match engine {
+        Engine::Splice => Leg::tcp(stream, Bytes::from_static(early)),
+        Engine::Buffered => Leg::stream(stream, Bytes::from_static(early)),
+    };
+    let client = leg(client_gw, client_early);
+    let upstream = leg(upstream_gw, upstream_early);
     let tunnel = tokio::spawn(async move { run(client, upstream, &cfg, drain_on(drain)).await });
     Rig {
         client_app,

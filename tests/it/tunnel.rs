@@ -228,3 +228,84 @@ async fn upstream_reset_closes_client() {
     })
     .await;
 }
+
+/// The access event of the next tunnel closed after `mark`.
+async fn tunnel_closed_after(gw: &Gateway, mark: usize) -> serde_json::Value {
+    gw.wait_log_after(mark, "tunnel closed", IO_TIMEOUT, |e| {
+        e.get("target").and_then(|t| t.as_str()) == Some("access") && is_event(e, "tunnel_closed")
+    })
+    .await
+}
+
+/// SPEC §5: a plain ws:// tunnel (TCP on both legs) is spliced on Linux, and its access event
+/// says `engine = splice`; the early bytes and echo still arrive verbatim.
+#[tokio::test]
+async fn plain_tunnel_is_spliced() {
+    bounded("plain_tunnel_is_spliced", async {
+        let up = RawUpstream::start(accept_then_echo(b"up-early")).await;
+        let gw = tunnel_gateway(&up, &[]).await;
+        let mark = gw.log_mark();
+        let data = random_bytes(200_000, 0x5911);
+        let mut c = open_tunnel(&gw, None, b"client-early").await;
+        assert_eq!(c.read_exact(8).await, b"up-early");
+        assert_eq!(c.read_exact(12).await, b"client-early");
+        let _ = c.send(&data).await;
+        assert!(c.read_exact(data.len()).await == data, "echo differs");
+        c.shutdown_write().await;
+        assert!(c.closed_within(IO_TIMEOUT).await, "tunnel not closed");
+
+        let ev = tunnel_closed_after(&gw, mark).await;
+        let expected = if cfg!(target_os = "linux") {
+            "splice"
+        } else {
+            "buffered"
+        };
+        assert_eq!(
+            ev.get("engine").and_then(|e| e.as_str()),
+            Some(expected),
+            "{ev}"
+        );
+        assert_eq!(
+            ev.get("bytes_up").and_then(|b| b.as_u64()),
+            Some(12 + data.len() as u64),
+            "{ev}"
+        );
+    })
+    .await;
+}
+
+/// SPEC §5: a wss:// tunnel (TLS on the client leg) falls back to the buffered engine.
+#[tokio::test]
+async fn tls_tunnel_is_buffered() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    bounded("tls_tunnel_is_buffered", async {
+        let up = WsUpstream::start().await;
+        let gw = ConfigBuilder::new()
+            .tls(ListenerTls::dev())
+            .upstream("app", &[up.addr()])
+            .route(Route::new("/ws").fallback("app"))
+            .start()
+            .await;
+        let mark = gw.log_mark();
+        let (mut ws, _) = wss_connect(gw.addr(), "localhost", "/ws", None).await;
+        ws.send(Message::text("over tls")).await.unwrap();
+        let echoed = tokio::time::timeout(IO_TIMEOUT, ws.next()).await.unwrap();
+        assert!(
+            matches!(&echoed, Some(Ok(Message::Text(t))) if t.as_str() == "over tls"),
+            "{echoed:?}"
+        );
+        ws.close(None).await.unwrap();
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(IO_TIMEOUT, ws.next()).await {}
+        drop(ws);
+
+        let ev = tunnel_closed_after(&gw, mark).await;
+        assert_eq!(
+            ev.get("engine").and_then(|e| e.as_str()),
+            Some("buffered"),
+            "{ev}"
+        );
+    })
+    .await;
+}
