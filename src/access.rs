@@ -90,7 +90,7 @@ impl AccessRecord {
             host = %self.host,
             path = %self.path,
             http_version = self.http_version,
-            ws_version = %self.ws_version.map_or_else(|| NONE.to_owned(), |v| v.to_string()),
+            ws_version = %OrDash(self.ws_version),
             subprotocol = self.subprotocol.as_deref().unwrap_or(NONE),
             upstream = self.upstream.as_deref().unwrap_or(NONE),
             status = self.status,
@@ -102,6 +102,18 @@ impl AccessRecord {
             engine,
             "{message}"
         );
+    }
+}
+
+/// Formats the value, or `-` when absent, without building a string per event.
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str(NONE),
+        }
     }
 }
 

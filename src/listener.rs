@@ -29,11 +29,16 @@ use crate::io::Rewind;
 use crate::proxy_protocol::{self, ProxiedAddrs};
 use crate::shutdown::Shutdown;
 
-/// Binds `addr`; the error names the address and the OS error (exit code 1 in `main`).
+/// Binds `addr`; the error names the address and the OS error (exit code 1 in `main`). The
+/// listener carries the TCP options its accepted connections inherit ([`crate::sockopt`]).
 pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| BindError { addr, source })
+        .map_err(|source| BindError { addr, source })?;
+    if let Err(e) = crate::sockopt::tune_listener(&listener) {
+        tracing::warn!(listener = %addr, error = %e, "cannot set TCP options on the listener");
+    }
+    Ok(listener)
 }
 
 /// A listen address that could not be bound.
@@ -66,22 +71,22 @@ pub(crate) async fn accept_loop(
     proxy_protocol: bool,
     gateway: Arc<Gateway>,
 ) {
-    let local = listener
-        .local_addr()
-        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let bound = listener.local_addr().ok();
+    let local = bound.map_or_else(|| "?".to_owned(), |a| a.to_string());
+    // On a listener bound to one address every accepted socket's local end is that address, so
+    // no `getsockname` per connection; a wildcard listener must ask each socket.
+    let fixed_local = bound.filter(|a| !a.ip().is_unspecified());
     loop {
         let (tcp, client) = tokio::select! {
             accepted = accept(&listener, &local) => accepted,
             () = gateway.shutdown.draining() => return,
         };
-        if let Err(e) = crate::sockopt::tune(&tcp) {
-            tracing::debug!(client = %client, error = %e, "cannot set TCP options");
-        }
         let span = tracing::info_span!("conn", client = %client, listener = %local);
         tokio::spawn(
             serve_connection(
                 tcp,
                 client,
+                fixed_local,
                 tls.clone(),
                 proxy_protocol,
                 Arc::clone(&gateway),
@@ -91,9 +96,12 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// `fixed_local`: the local address every connection of this listener has, when it is known
+/// without asking the socket.
 async fn serve_connection(
     mut tcp: TcpStream,
     peer: SocketAddr,
+    fixed_local: Option<SocketAddr>,
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
     gateway: Arc<Gateway>,
@@ -105,7 +113,14 @@ async fn serve_connection(
     let Some(ProxiedAddrs {
         source: client,
         destination: local,
-    }) = connection_addrs(&mut tcp, peer, proxy_protocol, limits.handshake_timeout).await
+    }) = connection_addrs(
+        &mut tcp,
+        peer,
+        fixed_local,
+        proxy_protocol,
+        limits.handshake_timeout,
+    )
+    .await
     else {
         return;
     };
@@ -168,10 +183,11 @@ async fn serve_connection(
 async fn connection_addrs(
     tcp: &mut TcpStream,
     peer: SocketAddr,
+    fixed_local: Option<SocketAddr>,
     proxy_protocol: bool,
     timeout: Duration,
 ) -> Option<ProxiedAddrs> {
-    let local = tcp.local_addr().unwrap_or(peer);
+    let local = fixed_local.unwrap_or_else(|| tcp.local_addr().unwrap_or(peer));
     let socket = ProxiedAddrs {
         source: peer,
         destination: local,
@@ -436,6 +452,23 @@ fn serialize(response: &http::Response<Bytes>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the accept path relies on instead of tuning each connection (see `sockopt`).
+    #[tokio::test]
+    async fn accepted_connections_come_with_the_tcp_options() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialed, (accepted, _)) =
+            tokio::join!(TcpStream::connect(addr), accept(&listener, "t"));
+        let _dialed = dialed.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(
+            sock.keepalive_time().unwrap(),
+            crate::sockopt::KEEPALIVE_IDLE
+        );
+    }
 
     #[test]
     fn serialized_answer_is_a_complete_http1_response() {

@@ -43,6 +43,7 @@ pub enum RunError {
 /// closed, `/readyz` 503, open tunnels live on until they end or `drain_timeout`, then exit 0); a
 /// second one during the drain exits at once.
 pub async fn run(config: Config) -> Result<(), RunError> {
+    raise_fd_limit();
     let source = config.source.clone();
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
@@ -72,10 +73,55 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tracing::warn!("second signal: exiting at once");
         std::process::exit(0);
     });
-    listeners.close_for_drain().await;
-    gateway.shutdown.drain(drain_timeout).await;
+    // `drain` is polled first: it marks the gateway draining (`/readyz` 503) before its first
+    // await, so no listener is reported closed while `/readyz` still says ready.
+    tokio::join!(
+        gateway.shutdown.drain(drain_timeout),
+        listeners.close_for_drain()
+    );
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and logs both (`event = "fd_limit"`). Each
+/// tunnel holds two descriptors, so the usual soft default of 1024 would cap the gateway near 500
+/// tunnels when the hard limit allows many more. An unlimited hard limit means the kernel's
+/// `fs.nr_open`, the most a process may ask for.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let Some(hard) = limit.maximum.or_else(nr_open) else {
+        return tracing::info!(event = "fd_limit", soft = ?limit.current, "open file limit: unlimited");
+    };
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if soft >= hard {
+        return tracing::info!(event = "fd_limit", soft, hard, "open file limit");
+    }
+    let raised = Rlimit {
+        current: Some(hard),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            event = "fd_limit",
+            soft = hard,
+            hard,
+            previous = soft,
+            "open file limit raised to the hard limit"
+        ),
+        Err(e) => {
+            tracing::warn!(event = "fd_limit", soft, hard, error = %e, "cannot raise the open file limit")
+        }
+    }
+}
+
+/// `fs.nr_open`: the ceiling of an unlimited `RLIMIT_NOFILE`.
+fn nr_open() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// SIGHUP: re-read the config file and certificates. A config that does not load or validate is
@@ -102,4 +148,26 @@ async fn reload(source: &Path, gateway: &Gateway, listeners: &mut Listeners) {
     gateway.replace_runtime(runtime);
     listeners.apply(&config).await;
     tracing::info!(event = "config_reloaded", config = %source.display(), "configuration reloaded");
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+    #[test]
+    fn the_soft_fd_limit_is_raised_to_the_hard_one() {
+        let before = getrlimit(Resource::Nofile);
+        let hard = before
+            .maximum
+            .or_else(super::nr_open)
+            .expect("a finite limit");
+        // One below the hard limit: still far above what the other tests in this process use.
+        let lowered = Rlimit {
+            current: Some(hard - 1),
+            maximum: before.maximum,
+        };
+        setrlimit(Resource::Nofile, lowered).unwrap();
+        super::raise_fd_limit();
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
+    }
 }

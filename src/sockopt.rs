@@ -1,11 +1,16 @@
 //! TCP options for both hops of every connection: the accepted client socket and the socket the
 //! gateway dials to an upstream. One place, so that both sides of a tunnel behave the same.
+//!
+//! On Linux an accepted socket inherits `TCP_NODELAY` and the keepalive settings from its
+//! listening socket (the kernel clones the listener's socket state), so the client side is
+//! tuned once per listener ([`tune_listener`]) and not with five `setsockopt` calls per
+//! connection; a dialed socket has nothing to inherit from and is tuned each time ([`tune`]).
 
 use std::io;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// First keepalive probe after this long without traffic: 60 s. Short enough that a peer that
 /// vanished without a FIN or RST (power loss, a NAT or firewall that forgot the flow) is noticed
@@ -28,33 +33,60 @@ pub(crate) const KEEPALIVE_RETRIES: u32 = 6;
 ///   (RFC 1122 §4.2.3.6), so dead peers do not hold tunnels, file descriptors and connection
 ///   slots forever when `idle_timeout = "0s"`.
 pub(crate) fn tune(tcp: &TcpStream) -> io::Result<()> {
-    tcp.set_nodelay(true)?;
+    apply(SockRef::from(tcp))
+}
+
+/// The same options on a listening socket, for every connection it accepts to inherit.
+pub(crate) fn tune_listener(listener: &TcpListener) -> io::Result<()> {
+    apply(SockRef::from(listener))
+}
+
+fn apply(sock: SockRef<'_>) -> io::Result<()> {
+    sock.set_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
-    SockRef::from(tcp).set_tcp_keepalive(&keepalive)
+    sock.set_tcp_keepalive(&keepalive)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+
+    fn assert_tuned(tcp: &TcpStream) {
+        let sock = SockRef::from(tcp);
+        assert!(tcp.nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(sock.keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sock.keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
+    }
 
     #[tokio::test]
-    async fn sets_nodelay_and_keepalive_on_a_connected_socket() {
+    async fn sets_nodelay_and_keepalive_on_a_dialed_socket() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (dialed, (accepted, _)) = (dialed.unwrap(), accepted.unwrap());
-        for tcp in [&dialed, &accepted] {
-            tune(tcp).unwrap();
-            let sock = SockRef::from(tcp);
-            assert!(tcp.nodelay().unwrap());
-            assert!(sock.keepalive().unwrap());
-            assert_eq!(sock.keepalive_time().unwrap(), KEEPALIVE_IDLE);
-            assert_eq!(sock.keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
-            assert_eq!(sock.keepalive_retries().unwrap(), KEEPALIVE_RETRIES);
-        }
+        let dialed = dialed.unwrap();
+        let (accepted, _) = accepted.unwrap();
+        assert!(
+            !accepted.nodelay().unwrap(),
+            "an untuned listener passes nothing on"
+        );
+        tune(&dialed).unwrap();
+        assert_tuned(&dialed);
+    }
+
+    /// The claim the accept path relies on: an accepted socket inherits the listener's options.
+    #[tokio::test]
+    async fn an_accepted_socket_inherits_the_listeners_options() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tune_listener(&listener).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let _dialed = dialed.unwrap();
+        let (accepted, _) = accepted.unwrap();
+        assert_tuned(&accepted);
     }
 }
