@@ -87,7 +87,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 /// tunnel holds two descriptors, so the usual soft default of 1024 would cap the gateway near 500
 /// tunnels when the hard limit allows many more. An unlimited hard limit means the kernel's
 /// `fs.nr_open`, the most a process may ask for.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let Some(hard) = limit.maximum.or_else(nr_open) else {

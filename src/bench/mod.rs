@@ -130,6 +130,8 @@ pub fn check(mode: &BenchMode) -> Result<(), BenchError> {
 /// Runs one mode and prints its result: a human line on stderr, one JSON line on stdout.
 pub async fn run(mode: BenchMode) -> Result<(), BenchError> {
     check(&mode)?;
+    // The idle mode holds one descriptor per tunnel on this side too.
+    crate::run::raise_fd_limit();
     let (common, result) = match mode {
         BenchMode::Upstream { listen } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
