@@ -5,7 +5,6 @@
 //! so an idle tunnel holds no user-space copy buffer (SPEC §5) and a busy one allocates nothing
 //! per chunk. Both directions are driven from one task, with no locks and no split halves.
 
-use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -14,7 +13,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::CopyEnd;
-use super::meter::{Direction, Meter, Side};
+use super::duplex::{self, Failure, PumpState};
+use super::meter::{Direction, Meter};
 use super::pool;
 
 /// At most this many chunks per direction per poll before yielding, so one fire-hose tunnel
@@ -34,61 +34,9 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Pump::new(Direction::Up, client_early);
-    let mut down = Pump::new(Direction::Down, upstream_early);
-    let mut first_eof: Option<Side> = None;
-    poll_fn(|cx| {
-        let up_done = match up.poll_copy(cx, &mut client, &mut upstream, meter) {
-            Poll::Ready(Err(failure)) => return Poll::Ready(failure.into()),
-            Poll::Ready(Ok(())) => true,
-            Poll::Pending => false,
-        };
-        if up.saw_eof && first_eof.is_none() {
-            first_eof = Some(Side::Client);
-        }
-        let down_done = match down.poll_copy(cx, &mut upstream, &mut client, meter) {
-            Poll::Ready(Err(failure)) => return Poll::Ready(failure.into()),
-            Poll::Ready(Ok(())) => true,
-            Poll::Pending => false,
-        };
-        if down.saw_eof && first_eof.is_none() {
-            first_eof = Some(Side::Upstream);
-        }
-        if up_done && down_done {
-            Poll::Ready(CopyEnd::BothEof {
-                first: first_eof.unwrap_or(Side::Client),
-            })
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
-}
-
-/// An I/O failure inside a [`Pump`], attributed to the side it happened on.
-#[derive(Debug)]
-struct Failure {
-    side: Side,
-    error: io::Error,
-}
-
-impl From<Failure> for CopyEnd {
-    fn from(f: Failure) -> Self {
-        CopyEnd::Failed {
-            side: f.side,
-            error: f.error,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PumpState {
-    /// Reading the source and writing the sink.
-    Copying,
-    /// The source sent EOF; passing it on as a write shutdown (half-close).
-    ShuttingDown,
-    /// EOF passed on; nothing more to do in this direction.
-    Done,
+    let up = Pump::new(Direction::Up, client_early);
+    let down = Pump::new(Direction::Down, upstream_early);
+    duplex::both_ways(&mut client, &mut upstream, up, down, meter).await
 }
 
 /// One direction of the buffered engine: early bytes first, then read -> write in a loop.
@@ -109,33 +57,13 @@ impl Pump {
     fn new(dir: Direction, early: Bytes) -> Self {
         Pump {
             dir,
-            // An empty slice still pins the read buffer it was cut from (hyper's, or the first
-            // head's): keep none, or every idle tunnel holds both of its buffers.
-            early: if early.is_empty() {
-                Bytes::new()
-            } else {
-                early
-            },
+            early: duplex::unpinned(early),
             buf: None,
             pos: 0,
             end: 0,
             need_flush: false,
             saw_eof: false,
             state: PumpState::Copying,
-        }
-    }
-
-    fn read_failed(&self, error: io::Error) -> Failure {
-        Failure {
-            side: self.dir.source(),
-            error,
-        }
-    }
-
-    fn write_failed(&self, error: io::Error) -> Failure {
-        Failure {
-            side: self.dir.sink(),
-            error,
         }
     }
 
@@ -147,9 +75,12 @@ impl Pump {
         bytes: &[u8],
     ) -> Poll<Result<usize, Failure>> {
         match ready!(Pin::new(writer).poll_write(cx, bytes)) {
-            Ok(0) => Poll::Ready(Err(self.write_failed(io::ErrorKind::WriteZero.into()))),
+            Ok(0) => Poll::Ready(Err(Failure::writing(
+                self.dir,
+                io::ErrorKind::WriteZero.into(),
+            ))),
             Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(self.write_failed(e))),
+            Err(e) => Poll::Ready(Err(Failure::writing(self.dir, e))),
         }
     }
 
@@ -177,7 +108,7 @@ impl Pump {
                 PumpState::Copying => {}
                 PumpState::ShuttingDown => {
                     if let Err(e) = ready!(Pin::new(&mut *writer).poll_shutdown(cx)) {
-                        return Poll::Ready(Err(self.write_failed(e)));
+                        return Poll::Ready(Err(Failure::writing(self.dir, e)));
                     }
                     self.state = PumpState::Done;
                     return Poll::Ready(Ok(()));
@@ -222,13 +153,15 @@ impl Pump {
                     if self.need_flush {
                         match Pin::new(&mut *writer).poll_flush(cx) {
                             Poll::Ready(Ok(())) => self.need_flush = false,
-                            Poll::Ready(Err(e)) => return Poll::Ready(Err(self.write_failed(e))),
+                            Poll::Ready(Err(e)) => {
+                                return Poll::Ready(Err(Failure::writing(self.dir, e)));
+                            }
                             Poll::Pending => {}
                         }
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.read_failed(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::reading(self.dir, e))),
                 Poll::Ready(Ok(())) => {
                     let n = read_buf.filled().len();
                     if n == 0 {
@@ -243,6 +176,26 @@ impl Pump {
                 }
             }
         }
+    }
+}
+
+impl<R, W> duplex::Pump<R, W> for Pump
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        source: &mut R,
+        sink: &mut W,
+        meter: &Meter<'_>,
+    ) -> Poll<Result<(), Failure>> {
+        Pump::poll_copy(self, cx, source, sink, meter)
+    }
+
+    fn saw_eof(&self) -> bool {
+        self.saw_eof
     }
 }
 

@@ -17,6 +17,7 @@
 //!   TCP legs, `buffered.rs` for any legs. An inspecting engine slots in beside them.
 
 mod buffered;
+mod duplex;
 mod leg;
 mod meter;
 mod pool;

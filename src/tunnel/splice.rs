@@ -18,7 +18,6 @@
 //! A sink that is gone answers `EPIPE` (Rust's runtime ignores `SIGPIPE`), attributed to it.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -30,7 +29,8 @@ use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 use super::CopyEnd;
-use super::meter::{Direction, Meter, Side};
+use super::duplex::{self, Failure, PumpState};
+use super::meter::{Direction, Meter};
 use super::pool;
 
 /// The capacity asked of each pipe (`F_SETPIPE_SZ`), and so the most one `splice` moves.
@@ -65,35 +65,9 @@ pub(super) async fn copy(
     upstream_early: Bytes,
     meter: &Meter<'_>,
 ) -> CopyEnd {
-    let mut up = Pump::new(Direction::Up, client_early);
-    let mut down = Pump::new(Direction::Down, upstream_early);
-    let mut first_eof: Option<Side> = None;
-    poll_fn(|cx| {
-        let up_done = match up.poll_copy(cx, &mut client, &mut upstream, meter) {
-            Poll::Ready(Err(failure)) => return Poll::Ready(failure.into()),
-            Poll::Ready(Ok(())) => true,
-            Poll::Pending => false,
-        };
-        if up.saw_eof && first_eof.is_none() {
-            first_eof = Some(Side::Client);
-        }
-        let down_done = match down.poll_copy(cx, &mut upstream, &mut client, meter) {
-            Poll::Ready(Err(failure)) => return Poll::Ready(failure.into()),
-            Poll::Ready(Ok(())) => true,
-            Poll::Pending => false,
-        };
-        if down.saw_eof && first_eof.is_none() {
-            first_eof = Some(Side::Upstream);
-        }
-        if up_done && down_done {
-            Poll::Ready(CopyEnd::BothEof {
-                first: first_eof.unwrap_or(Side::Client),
-            })
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
+    let up = Pump::new(Direction::Up, client_early);
+    let down = Pump::new(Direction::Down, upstream_early);
+    duplex::both_ways(&mut client, &mut upstream, up, down, meter).await
 }
 
 /// A pipe's two ends.
@@ -161,32 +135,6 @@ enum Chunk {
     },
 }
 
-/// An I/O failure inside a [`Pump`], attributed to the side it happened on.
-#[derive(Debug)]
-struct Failure {
-    side: Side,
-    error: io::Error,
-}
-
-impl From<Failure> for CopyEnd {
-    fn from(f: Failure) -> Self {
-        CopyEnd::Failed {
-            side: f.side,
-            error: f.error,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PumpState {
-    /// Reading the source and writing the sink.
-    Copying,
-    /// The source sent EOF; passing it on as a write shutdown (half-close).
-    ShuttingDown,
-    /// EOF passed on; nothing more to do in this direction.
-    Done,
-}
-
 /// One direction of the splice engine: early bytes first, then source -> pipe -> sink.
 struct Pump {
     dir: Direction,
@@ -196,33 +144,30 @@ struct Pump {
     state: PumpState,
 }
 
+impl duplex::Pump<TcpStream, TcpStream> for Pump {
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        source: &mut TcpStream,
+        sink: &mut TcpStream,
+        meter: &Meter<'_>,
+    ) -> Poll<Result<(), Failure>> {
+        Pump::poll_copy(self, cx, source, sink, meter)
+    }
+
+    fn saw_eof(&self) -> bool {
+        self.saw_eof
+    }
+}
+
 impl Pump {
     fn new(dir: Direction, early: Bytes) -> Self {
         Pump {
             dir,
-            // An empty slice still pins the read buffer it was cut from (see `buffered.rs`).
-            early: if early.is_empty() {
-                Bytes::new()
-            } else {
-                early
-            },
+            early: duplex::unpinned(early),
             chunk: Chunk::Empty,
             saw_eof: false,
             state: PumpState::Copying,
-        }
-    }
-
-    fn read_failed(&self, error: io::Error) -> Failure {
-        Failure {
-            side: self.dir.source(),
-            error,
-        }
-    }
-
-    fn write_failed(&self, error: io::Error) -> Failure {
-        Failure {
-            side: self.dir.sink(),
-            error,
         }
     }
 
@@ -234,9 +179,12 @@ impl Pump {
         bytes: &[u8],
     ) -> Poll<Result<usize, Failure>> {
         match ready!(Pin::new(sink).poll_write(cx, bytes)) {
-            Ok(0) => Poll::Ready(Err(self.write_failed(io::ErrorKind::WriteZero.into()))),
+            Ok(0) => Poll::Ready(Err(Failure::writing(
+                self.dir,
+                io::ErrorKind::WriteZero.into(),
+            ))),
             Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(self.write_failed(e))),
+            Err(e) => Poll::Ready(Err(Failure::writing(self.dir, e))),
         }
     }
 
@@ -254,7 +202,7 @@ impl Pump {
                 PumpState::Copying => {}
                 PumpState::ShuttingDown => {
                     if let Err(e) = ready!(Pin::new(&mut *sink).poll_shutdown(cx)) {
-                        return Poll::Ready(Err(self.write_failed(e)));
+                        return Poll::Ready(Err(Failure::writing(self.dir, e)));
                     }
                     self.state = PumpState::Done;
                     return Poll::Ready(Ok(()));
@@ -297,8 +245,8 @@ impl Pump {
         sink: &mut TcpStream,
         meter: &Meter<'_>,
     ) -> Poll<Result<(), Failure>> {
-        let side = self.dir.sink();
-        let failed = |error| Poll::Ready(Err(Failure { side, error }));
+        let dir = self.dir;
+        let failed = |error| Poll::Ready(Err(Failure::writing(dir, error)));
         loop {
             let written = match &mut self.chunk {
                 Chunk::Empty => return Poll::Ready(Ok(())),
@@ -348,7 +296,7 @@ impl Pump {
         loop {
             // Readiness first: a direction waiting for its source holds no pipe.
             if let Err(e) = ready!(source.poll_read_ready(cx)) {
-                return Poll::Ready(Err(self.read_failed(e)));
+                return Poll::Ready(Err(Failure::reading(self.dir, e)));
             }
             let pipe = match take_pipe() {
                 Ok(pipe) => pipe,
@@ -381,7 +329,7 @@ impl Pump {
                     // Nothing moved: the pipe is still empty.
                     give_pipe(pipe);
                     if e.kind() != io::ErrorKind::WouldBlock {
-                        return Poll::Ready(Err(self.read_failed(e)));
+                        return Poll::Ready(Err(Failure::reading(self.dir, e)));
                     }
                 }
             }
@@ -415,7 +363,7 @@ impl Pump {
                         Poll::Ready(Ok(())) => continue,
                         Poll::Ready(Err(e)) => {
                             pool::give(buf);
-                            return Poll::Ready(Err(self.read_failed(e)));
+                            return Poll::Ready(Err(Failure::reading(self.dir, e)));
                         }
                         Poll::Pending => {
                             pool::give(buf);
@@ -425,7 +373,7 @@ impl Pump {
                 }
                 Err(e) => {
                     pool::give(buf);
-                    return Poll::Ready(Err(self.read_failed(e)));
+                    return Poll::Ready(Err(Failure::reading(self.dir, e)));
                 }
             }
         }
@@ -458,6 +406,7 @@ impl Drop for Pump {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::future::poll_fn;
     use std::os::fd::{AsRawFd, RawFd};
     use std::time::Duration;
 
