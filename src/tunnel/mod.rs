@@ -13,6 +13,7 @@
 //! - `leg.rs`: [`Leg`], plain TCP (for engines that need the raw socket) or any byte stream;
 //! - `meter.rs`: byte counts and the last-activity time every engine reports to;
 //! - `pool.rs`: the per-thread pool of copy buffers;
+//! - `duplex.rs`: what the engines share: the two-direction driver, pump state, failures;
 //! - one file per engine, each returning a `CopyEnd`: `splice.rs` (Linux) for a pair of plain
 //!   TCP legs, `buffered.rs` for any legs. An inspecting engine slots in beside them.
 
