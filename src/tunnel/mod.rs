@@ -382,8 +382,172 @@ mod tests {
     use tokio::sync::oneshot;
     use tokio::time::timeout;
 
-    use super::testing::{LIMIT, PAUSED_LIMIT, duplex_rig, no_drain, read_all, rig, tcp_pair};
+    use super::testing::{
+        LIMIT, PAUSED_LIMIT, duplex_rig, leg, no_drain, random_bytes, read_all, rig, tcp_pair,
+        write_in_pieces,
+    };
     use super::*;
+
+    /// 16 MiB each way at once over real sockets: every byte arrives, once, in order, on the
+    /// engine the legs ask for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sixteen_mib_both_ways_concurrently_verbatim() {
+        timeout(Duration::from_secs(120), async {
+            const LEN: usize = 16 << 20;
+            for (seed, engine) in (1..).step_by(4).zip(Engine::ALL) {
+                let up_data = random_bytes(LEN, seed);
+                let down_data = random_bytes(LEN, seed + 1);
+                let counters = ByteCounters::new();
+                let cfg = TunnelConfig {
+                    idle_timeout: Some(Duration::from_secs(60)),
+                    counters: Some(counters.clone()),
+                };
+                let rig = rig(engine, b"", b"", cfg, no_drain()).await;
+                let (c_read, c_write) = rig.client_app.into_split();
+                let (u_read, u_write) = rig.upstream_app.into_split();
+                let (_, _, got_up, got_down) = tokio::join!(
+                    write_in_pieces(c_write, up_data.clone(), seed + 2),
+                    write_in_pieces(u_write, down_data.clone(), seed + 3),
+                    read_all(u_read),
+                    read_all(c_read),
+                );
+                assert!(
+                    got_up == up_data,
+                    "{engine:?}: client -> upstream bytes differ"
+                );
+                assert!(
+                    got_down == down_data,
+                    "{engine:?}: upstream -> client bytes differ"
+                );
+                let out = rig.tunnel.await.unwrap();
+                assert_eq!(out.engine, engine);
+                assert_eq!((out.bytes_up, out.bytes_down), (LEN as u64, LEN as u64));
+                assert_eq!((counters.up(), counters.down()), (LEN as u64, LEN as u64));
+                for counted in Engine::ALL {
+                    assert_eq!(counters.tunnels(counted), u64::from(counted == engine));
+                }
+                assert!(matches!(
+                    out.closed_by,
+                    ClosedBy::Client | ClosedBy::Upstream
+                ));
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Early bytes go first even when later bytes are already waiting in the socket.
+    #[tokio::test]
+    async fn early_bytes_are_delivered_before_later_bytes_both_ways() {
+        timeout(LIMIT, async {
+            for engine in Engine::ALL {
+                let (mut client_app, client_gw) = tcp_pair().await;
+                let (mut upstream_app, upstream_gw) = tcp_pair().await;
+                // Queue the later bytes before the tunnel starts reading.
+                client_app.write_all(b"later-from-client").await.unwrap();
+                client_app.shutdown().await.unwrap();
+                upstream_app
+                    .write_all(b"later-from-upstream")
+                    .await
+                    .unwrap();
+                upstream_app.shutdown().await.unwrap();
+                let out = run(
+                    leg(engine, client_gw, b"EARLY-C\x00\xff"),
+                    leg(engine, upstream_gw, b"EARLY-U\x81\x05"),
+                    &TunnelConfig::default(),
+                    std::future::pending(),
+                )
+                .await;
+                assert_eq!(out.engine, engine);
+                assert_eq!(
+                    read_all(&mut upstream_app).await,
+                    b"EARLY-C\x00\xfflater-from-client",
+                    "{engine:?}"
+                );
+                assert_eq!(
+                    read_all(&mut client_app).await,
+                    b"EARLY-U\x81\x05later-from-upstream",
+                    "{engine:?}"
+                );
+                assert_eq!(
+                    (out.bytes_up, out.bytes_down),
+                    (9 + 17, 9 + 19),
+                    "{engine:?}"
+                );
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Client half-closes; the upstream still talks and the client still hears it.
+    #[tokio::test]
+    async fn client_half_close_keeps_the_other_direction_open() {
+        timeout(LIMIT, async {
+            for engine in Engine::ALL {
+                let mut rig = rig(engine, b"", b"", TunnelConfig::default(), no_drain()).await;
+                rig.client_app.write_all(b"hello").await.unwrap();
+                rig.client_app.shutdown().await.unwrap();
+                // The upstream sees the bytes, then EOF.
+                assert_eq!(
+                    read_all(&mut rig.upstream_app).await,
+                    b"hello",
+                    "{engine:?}"
+                );
+                rig.upstream_app.write_all(b"reply").await.unwrap();
+                let mut reply = [0u8; 5];
+                rig.client_app.read_exact(&mut reply).await.unwrap();
+                assert_eq!(&reply, b"reply", "{engine:?}");
+                assert!(
+                    !rig.tunnel.is_finished(),
+                    "{engine:?}: tunnel ended after one EOF"
+                );
+                rig.upstream_app.shutdown().await.unwrap();
+                assert_eq!(read_all(&mut rig.client_app).await, b"", "{engine:?}");
+                let out = rig.tunnel.await.unwrap();
+                assert_eq!(out.closed_by, ClosedBy::Client, "{engine:?}");
+                assert_eq!((out.bytes_up, out.bytes_down), (5, 5), "{engine:?}");
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Upstream half-closes first (its EOF right behind its early bytes); the client can still
+    /// send, and bytes queued before the EOF are all delivered before it.
+    #[tokio::test]
+    async fn upstream_half_close_keeps_the_other_direction_open() {
+        timeout(LIMIT, async {
+            for engine in Engine::ALL {
+                let mut rig = rig(engine, b"", b"bye", TunnelConfig::default(), no_drain()).await;
+                let tail = random_bytes(300_000, 21);
+                rig.upstream_app.write_all(&tail).await.unwrap();
+                rig.upstream_app.shutdown().await.unwrap();
+                let got = read_all(&mut rig.client_app).await;
+                assert!(
+                    got.starts_with(b"bye") && got[3..] == tail[..],
+                    "{engine:?}"
+                );
+                rig.client_app
+                    .write_all(b"client-still-sending")
+                    .await
+                    .unwrap();
+                let mut got = [0u8; 20];
+                rig.upstream_app.read_exact(&mut got).await.unwrap();
+                assert_eq!(&got, b"client-still-sending", "{engine:?}");
+                assert!(
+                    !rig.tunnel.is_finished(),
+                    "{engine:?}: tunnel ended after one EOF"
+                );
+                rig.client_app.shutdown().await.unwrap();
+                assert_eq!(read_all(&mut rig.upstream_app).await, b"", "{engine:?}");
+                let out = rig.tunnel.await.unwrap();
+                assert_eq!(out.closed_by, ClosedBy::Upstream, "{engine:?}");
+            }
+        })
+        .await
+        .unwrap();
+    }
 
     /// A reset from one side closes the other promptly and names the side that reset.
     async fn reset_closes_other_side(engine: Engine, reset_client: bool) {

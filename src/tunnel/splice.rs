@@ -418,7 +418,7 @@ mod tests {
     use crate::tunnel::testing::{
         LIMIT, no_drain, random_bytes, read_all, rig, tcp_pair, write_in_pieces,
     };
-    use crate::tunnel::{ByteCounters, ClosedBy, Engine, Leg, TunnelConfig, buffered, run};
+    use crate::tunnel::{ByteCounters, ClosedBy, Engine, TunnelConfig, buffered};
 
     thread_local! {
         /// Makes [`Pipe::new`] fail as if out of descriptors (`EMFILE`), on this thread only.
@@ -427,128 +427,6 @@ mod tests {
 
     fn spare_pipe_fds() -> Vec<RawFd> {
         SPARE_PIPES.with(|s| s.borrow().iter().map(|p| p.read.as_raw_fd()).collect())
-    }
-
-    /// 16 MiB each way at once over real sockets: every byte arrives, once, in order.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sixteen_mib_both_ways_concurrently_verbatim() {
-        timeout(Duration::from_secs(120), async {
-            const LEN: usize = 16 << 20;
-            let up_data = random_bytes(LEN, 11);
-            let down_data = random_bytes(LEN, 12);
-            let counters = ByteCounters::new();
-            let cfg = TunnelConfig {
-                idle_timeout: Some(Duration::from_secs(60)),
-                counters: Some(counters.clone()),
-            };
-            let rig = rig(Engine::Splice, b"", b"", cfg, no_drain()).await;
-            let (c_read, c_write) = rig.client_app.into_split();
-            let (u_read, u_write) = rig.upstream_app.into_split();
-            let (_, _, got_up, got_down) = tokio::join!(
-                write_in_pieces(c_write, up_data.clone(), 13),
-                write_in_pieces(u_write, down_data.clone(), 14),
-                read_all(u_read),
-                read_all(c_read),
-            );
-            assert!(got_up == up_data, "client -> upstream bytes differ");
-            assert!(got_down == down_data, "upstream -> client bytes differ");
-            let out = rig.tunnel.await.unwrap();
-            assert_eq!(out.engine, Engine::Splice);
-            assert_eq!((out.bytes_up, out.bytes_down), (LEN as u64, LEN as u64));
-            assert_eq!((counters.up(), counters.down()), (LEN as u64, LEN as u64));
-            assert_eq!(counters.tunnels(Engine::Splice), 1);
-            assert_eq!(counters.tunnels(Engine::Buffered), 0);
-        })
-        .await
-        .unwrap();
-    }
-
-    /// Early bytes go first even when later bytes are already waiting in the socket.
-    #[tokio::test]
-    async fn early_bytes_are_delivered_before_later_bytes_both_ways() {
-        timeout(LIMIT, async {
-            let (mut client_app, client_gw) = tcp_pair().await;
-            let (mut upstream_app, upstream_gw) = tcp_pair().await;
-            client_app.write_all(b"later-from-client").await.unwrap();
-            client_app.shutdown().await.unwrap();
-            upstream_app
-                .write_all(b"later-from-upstream")
-                .await
-                .unwrap();
-            upstream_app.shutdown().await.unwrap();
-            let out = run(
-                Leg::tcp(client_gw, Bytes::from_static(b"EARLY-C\x00\xff")),
-                Leg::tcp(upstream_gw, Bytes::from_static(b"EARLY-U\x81\x05")),
-                &TunnelConfig::default(),
-                std::future::pending(),
-            )
-            .await;
-            assert_eq!(out.engine, Engine::Splice);
-            assert_eq!(
-                read_all(&mut upstream_app).await,
-                b"EARLY-C\x00\xfflater-from-client"
-            );
-            assert_eq!(
-                read_all(&mut client_app).await,
-                b"EARLY-U\x81\x05later-from-upstream"
-            );
-            assert_eq!((out.bytes_up, out.bytes_down), (9 + 17, 9 + 19));
-        })
-        .await
-        .unwrap();
-    }
-
-    /// Client half-closes; the upstream still talks and the client still hears it.
-    #[tokio::test]
-    async fn client_half_close_keeps_the_other_direction_open() {
-        timeout(LIMIT, async {
-            let cfg = TunnelConfig::default();
-            let mut rig = rig(Engine::Splice, b"", b"", cfg, no_drain()).await;
-            rig.client_app.write_all(b"hello").await.unwrap();
-            rig.client_app.shutdown().await.unwrap();
-            assert_eq!(read_all(&mut rig.upstream_app).await, b"hello");
-            rig.upstream_app.write_all(b"reply").await.unwrap();
-            let mut reply = [0u8; 5];
-            rig.client_app.read_exact(&mut reply).await.unwrap();
-            assert_eq!(&reply, b"reply");
-            assert!(!rig.tunnel.is_finished(), "tunnel ended after one EOF");
-            rig.upstream_app.shutdown().await.unwrap();
-            assert_eq!(read_all(&mut rig.client_app).await, b"");
-            let out = rig.tunnel.await.unwrap();
-            assert_eq!(out.closed_by, ClosedBy::Client);
-            assert_eq!((out.bytes_up, out.bytes_down), (5, 5));
-        })
-        .await
-        .unwrap();
-    }
-
-    /// Upstream half-closes first (its EOF right behind its early bytes); the client can still
-    /// send, and bytes queued before the EOF are all delivered before it.
-    #[tokio::test]
-    async fn upstream_half_close_keeps_the_other_direction_open() {
-        timeout(LIMIT, async {
-            let cfg = TunnelConfig::default();
-            let mut rig = rig(Engine::Splice, b"", b"bye", cfg, no_drain()).await;
-            let tail = random_bytes(300_000, 21);
-            rig.upstream_app.write_all(&tail).await.unwrap();
-            rig.upstream_app.shutdown().await.unwrap();
-            let got = read_all(&mut rig.client_app).await;
-            assert!(got.starts_with(b"bye") && got[3..] == tail[..]);
-            rig.client_app
-                .write_all(b"client-still-sending")
-                .await
-                .unwrap();
-            let mut got = [0u8; 20];
-            rig.upstream_app.read_exact(&mut got).await.unwrap();
-            assert_eq!(&got, b"client-still-sending");
-            assert!(!rig.tunnel.is_finished(), "tunnel ended after one EOF");
-            rig.client_app.shutdown().await.unwrap();
-            assert_eq!(read_all(&mut rig.upstream_app).await, b"");
-            let out = rig.tunnel.await.unwrap();
-            assert_eq!(out.closed_by, ClosedBy::Upstream);
-        })
-        .await
-        .unwrap();
     }
 
     /// SPEC §5: a direction waiting for its source holds no pipe; the pipe it used is back in

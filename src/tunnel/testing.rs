@@ -43,17 +43,22 @@ pub(super) async fn rig(
 ) -> Rig<TcpStream> {
     let (client_app, client_gw) = tcp_pair().await;
     let (upstream_app, upstream_gw) = tcp_pair().await;
-    let leg = |stream, early| match engine {
-        Engine::Splice => Leg::tcp(stream, Bytes::from_static(early)),
-        Engine::Buffered => Leg::stream(stream, Bytes::from_static(early)),
-    };
-    let client = leg(client_gw, client_early);
-    let upstream = leg(upstream_gw, upstream_early);
+    let client = leg(engine, client_gw, client_early);
+    let upstream = leg(engine, upstream_gw, upstream_early);
     let tunnel = tokio::spawn(async move { run(client, upstream, &cfg, drain_on(drain)).await });
     Rig {
         client_app,
         upstream_app,
         tunnel,
+    }
+}
+
+/// A leg over `stream` that `engine` will run: a plain TCP leg (the pick then splices, on
+/// Linux) or the same socket as a boxed stream leg (always buffered).
+pub(super) fn leg(engine: Engine, stream: TcpStream, early: &'static [u8]) -> Leg {
+    match engine {
+        Engine::Splice => Leg::tcp(stream, Bytes::from_static(early)),
+        Engine::Buffered => Leg::stream(stream, Bytes::from_static(early)),
     }
 }
 
