@@ -16,7 +16,7 @@ mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -341,6 +341,22 @@ fn proxy_usage(pid: Option<u32>) -> Result<Option<Usage>, BenchError> {
         .transpose()
 }
 
+/// `n` copies of `worker`, each in its own task with its own handles on the target and the stop flag.
+fn spawn_workers<F, Fut>(
+    n: usize,
+    target: &Arc<Target>,
+    stop: &Arc<AtomicBool>,
+    worker: F,
+) -> Vec<tokio::task::JoinHandle<Load>>
+where
+    F: Fn(Arc<Target>, Arc<AtomicBool>) -> Fut,
+    Fut: Future<Output = Load> + Send + 'static,
+{
+    (0..n)
+        .map(|_| tokio::spawn(worker(Arc::clone(target), Arc::clone(stop))))
+        .collect()
+}
+
 /// Sums the workers' counts and round trips.
 async fn join_all(tasks: Vec<tokio::task::JoinHandle<Load>>) -> Load {
     let mut total: Load = (0, 0, Vec::new());
@@ -359,24 +375,19 @@ async fn handshakes(
     workers: usize,
     stop: Arc<AtomicBool>,
 ) -> (&'static str, Load, usize) {
-    let tasks = (0..workers)
-        .map(|_| {
-            let (target, stop) = (Arc::clone(&target), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0, 0);
-                while !stop.load(Ordering::Relaxed) {
-                    match client::open(&target, None).await {
-                        Ok(tcp) => {
-                            ok += 1;
-                            drop(tcp);
-                        }
-                        Err(_) => failed += 1,
-                    }
+    let tasks = spawn_workers(workers, &target, &stop, move |target, stop| async move {
+        let (mut ok, mut failed) = (0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            match client::open(&target, None).await {
+                Ok(tcp) => {
+                    ok += 1;
+                    drop(tcp);
                 }
-                (ok, failed, Vec::new())
-            })
-        })
-        .collect();
+                Err(_) => failed += 1,
+            }
+        }
+        (ok, failed, Vec::new())
+    });
     ("handshakes", join_all(tasks).await, workers)
 }
 
@@ -386,29 +397,22 @@ async fn echo(
     size: usize,
     stop: Arc<AtomicBool>,
 ) -> (&'static str, Load, usize) {
-    let tasks = (0..tunnels)
-        .map(|_| {
-            let (target, stop) = (Arc::clone(&target), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let Ok(mut tcp) = client::open(&target, None).await else {
-                    return (0, 1, Vec::new());
-                };
-                let frame = client::masked_frame(size);
-                let mut back = vec![0u8; frame.len()];
-                let mut rtts = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = Instant::now();
-                    if tcp.write_all(&frame).await.is_err()
-                        || tcp.read_exact(&mut back).await.is_err()
-                    {
-                        return (rtts.len() as u64, 1, rtts);
-                    }
-                    rtts.push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
-                }
-                (rtts.len() as u64, 0, rtts)
-            })
-        })
-        .collect();
+    let tasks = spawn_workers(tunnels, &target, &stop, move |target, stop| async move {
+        let Ok(mut tcp) = client::open(&target, None).await else {
+            return (0, 1, Vec::new());
+        };
+        let frame = client::masked_frame(size);
+        let mut back = vec![0u8; frame.len()];
+        let mut rtts = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let sent = Instant::now();
+            if tcp.write_all(&frame).await.is_err() || tcp.read_exact(&mut back).await.is_err() {
+                return (rtts.len() as u64, 1, rtts);
+            }
+            rtts.push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+        }
+        (rtts.len() as u64, 0, rtts)
+    });
     ("echo", join_all(tasks).await, tunnels)
 }
 
@@ -418,43 +422,36 @@ async fn bulk(
     size: usize,
     stop: Arc<AtomicBool>,
 ) -> (&'static str, Load, usize) {
-    let tasks = (0..tunnels)
-        .map(|_| {
-            let (target, stop) = (Arc::clone(&target), Arc::clone(&stop));
+    let tasks = spawn_workers(tunnels, &target, &stop, move |target, stop| async move {
+        let Ok(tcp) = client::open(&target, None).await else {
+            return (0, 1, Vec::new());
+        };
+        let (mut r, mut w) = tcp.into_split();
+        let writer = {
+            let stop = Arc::clone(&stop);
             tokio::spawn(async move {
-                let Ok(tcp) = client::open(&target, None).await else {
-                    return (0, 1, Vec::new());
-                };
-                let (mut r, mut w) = tcp.into_split();
-                let sent = Arc::new(AtomicU64::new(0));
-                let writer = {
-                    let (sent, stop) = (Arc::clone(&sent), Arc::clone(&stop));
-                    tokio::spawn(async move {
-                        let frame = client::masked_frame(size);
-                        while !stop.load(Ordering::Relaxed) {
-                            if w.write_all(&frame).await.is_err() {
-                                return;
-                            }
-                            sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                        }
-                    })
-                };
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut echoed = 0u64;
+                let frame = client::masked_frame(size);
                 while !stop.load(Ordering::Relaxed) {
-                    match tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf)).await {
-                        Ok(Ok(n)) if n > 0 => echoed += n as u64,
-                        _ => {
-                            writer.abort();
-                            return (echoed, 1, Vec::new());
-                        }
+                    if w.write_all(&frame).await.is_err() {
+                        return;
                     }
                 }
-                writer.abort();
-                (echoed, 0, Vec::new())
             })
-        })
-        .collect();
+        };
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut echoed = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            match tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => echoed += n as u64,
+                _ => {
+                    writer.abort();
+                    return (echoed, 1, Vec::new());
+                }
+            }
+        }
+        writer.abort();
+        (echoed, 0, Vec::new())
+    });
     ("bulk", join_all(tasks).await, tunnels)
 }
 
