@@ -176,5 +176,7 @@ for round in $(seq "$rounds"); do
   done
 done
 
-python3 bench/report.py "$results" BENCHMARKS.md bench/compare.svg
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo +changes)
+python3 bench/report.py "$results" BENCHMARKS.md bench/compare.svg "$commit" \
+  "IDLE_TUNNELS=$idle_tunnels bash bench/compare.sh $rounds $secs"
 echo "results: $results; table and chart written to BENCHMARKS.md and bench/compare.svg" >&2

@@ -2,8 +2,9 @@
 """Turns `switchyard bench` result lines (JSON, one per run) into the comparison table of
 BENCHMARKS.md (medians over rounds, between the compare:begin/end markers) and an SVG chart.
 
-Usage: report.py RESULTS.jsonl BENCHMARKS.md CHART.svg
+Usage: report.py RESULTS.jsonl BENCHMARKS.md CHART.svg [COMMIT COMMAND]
 """
+import datetime
 import json
 import statistics
 import sys
@@ -59,7 +60,7 @@ def medians(lines):
     return {k: statistics.median(v) for k, v in values.items()}
 
 
-def table(med, rounds):
+def table(med, rounds, stamp=""):
     head = "| figure | " + " | ".join(LABELS) + " | switchyard vs best peer |"
     lines = [head, "|" + "---|" * (len(LABELS) + 2)]
     for row, higher_better, fmt in ROWS:
@@ -76,7 +77,7 @@ def table(med, rounds):
                 ratio = f"{ours / best:.2f}×"
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {ratio} |")
     note = (
-        f"\nMedians of {rounds} interleaved round(s); `direct` is the echo upstream without a "
+        f"\n{stamp}Medians of {rounds} interleaved round(s); `direct` is the echo upstream without a "
         "proxy (its RSS row is the upstream's own cost per connection). Ratios: higher is "
         "better for rates, lower for CPU, latency and memory.\n"
     )
@@ -119,10 +120,14 @@ def main():
         lines = [json.loads(l) for l in f if l.strip()]
     rounds = max((r.get("round", 1) for r in lines), default=0)
     med = medians(lines)
+    stamp = ""
+    if len(sys.argv) > 5:
+        commit, command = sys.argv[4:6]
+        stamp = f"Run {datetime.date.today()}, commit {commit}: `{command}`. "
     with open(chart, "w") as f:
         f.write(svg(med))
     begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
-    block = f"{begin}\n{table(med, rounds)}\n![comparison chart](bench/compare.svg)\n{end}"
+    block = f"{begin}\n{table(med, rounds, stamp)}\n![comparison chart](bench/compare.svg)\n{end}"
     with open(benchmarks) as f:
         text = f.read()
     if begin in text and end in text:
@@ -133,7 +138,7 @@ def main():
             + "loopback).\n\n" + block + "\n"
     with open(benchmarks, "w") as f:
         f.write(text)
-    print(table(med, rounds))
+    print(table(med, rounds, stamp))
 
 
 if __name__ == "__main__":
