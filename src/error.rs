@@ -16,6 +16,18 @@ pub(crate) enum Reject {
     MalformedHead,
     #[error("missing Host header")]
     MissingHost,
+    /// RFC 9112 §3.2, RFC 3986 §3.2.2: `Host`, the target's authority or `:authority` is not a
+    /// valid `host[:port]` (userinfo, whitespace, `/`, `,`, a bad port).
+    #[error("invalid host")]
+    BadHost,
+    /// A dot segment (RFC 3986 §5.2.4, also `%2e`) or `%00` in the path: routed raw, it would
+    /// reach a route other than the one an upstream that normalizes serves.
+    #[error("invalid request path")]
+    BadPath,
+    /// RFC 9110 §15.5.20: the request's host is not the SNI name of its TLS connection
+    /// (`strict_sni`); browsers retry on a fresh connection.
+    #[error("host does not match the TLS server name")]
+    MisdirectedRequest,
     #[error("no route for this host and path")]
     NoRoute,
     /// An ordinary request on a route without an `http` upstream.
@@ -27,6 +39,9 @@ pub(crate) enum Reject {
     UnsupportedUpgrade,
     #[error("method not allowed for an upgrade; use GET")]
     MethodNotAllowed,
+    /// An ordinary HTTP/1.1 `CONNECT`: the gateway is not a forward proxy.
+    #[error("CONNECT is not served here")]
+    ConnectNotAllowed,
     #[error("an upgrade request must not have a body")]
     UpgradeWithBody,
     #[error("upgrade requires HTTP/1.1 or later")]
@@ -52,6 +67,9 @@ pub(crate) enum Reject {
     TooManyConnections,
     #[error("too many connections from this address")]
     TooManyConnectionsPerIp,
+    /// Over `connection_rate_per_ip`: the address's token bucket is empty.
+    #[error("too many new connections from this address")]
+    ConnectionRateExceeded,
     #[error("upstream unreachable")]
     UpstreamUnreachable,
     #[error("upstream timed out")]
@@ -153,6 +171,8 @@ impl Reject {
             Reject::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::MalformedHead
             | Reject::MissingHost
+            | Reject::BadHost
+            | Reject::BadPath
             | Reject::ConnectionNotUpgrade
             | Reject::UnsupportedUpgrade
             | Reject::UpgradeWithBody
@@ -161,13 +181,16 @@ impl Reject {
             | Reject::BadKey
             | Reject::BadSubprotocolList(_)
             | Reject::NoSubprotocolMatch { .. } => StatusCode::BAD_REQUEST,
+            Reject::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            Reject::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::MethodNotAllowed | Reject::ConnectNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reject::VersionUnsupported { status, .. } => *status,
             Reject::OriginForbidden => StatusCode::FORBIDDEN,
             Reject::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
-            Reject::TooManyConnectionsPerIp => StatusCode::TOO_MANY_REQUESTS,
+            Reject::TooManyConnectionsPerIp | Reject::ConnectionRateExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Reject::UpstreamUnreachable | Reject::UpstreamBadHandshake(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -200,12 +223,20 @@ impl Reject {
             Reject::VersionUnsupported { versions, .. } | Reject::VersionRepeated { versions } => {
                 h.insert("sec-websocket-version", version_list(versions));
             }
-            Reject::TooManyConnections => {
+            Reject::ConnectNotAllowed => {
+                // RFC 9110 §15.5.6: a 405 lists what is allowed; the route's `http` upstream
+                // serves the ordinary methods.
+                h.insert(ALLOW, HeaderValue::from_static(ORDINARY_METHODS));
+            }
+            Reject::TooManyConnections | Reject::ConnectionRateExceeded => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Reject::HeadTooLarge { .. }
             | Reject::MalformedHead
             | Reject::MissingHost
+            | Reject::BadHost
+            | Reject::BadPath
+            | Reject::MisdirectedRequest
             | Reject::NoRoute
             | Reject::ConnectionNotUpgrade
             | Reject::UnsupportedUpgrade
@@ -226,6 +257,9 @@ impl Reject {
         res
     }
 }
+
+/// The `Allow` of [`Reject::ConnectNotAllowed`]: RFC 9110 §9's methods but CONNECT and TRACE.
+const ORDINARY_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
 
 /// `13, 8, 7`: the configured versions in advertised order (RFC 6455 §4.4).
 fn version_list(versions: &[u8]) -> HeaderValue {

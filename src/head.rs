@@ -2,11 +2,14 @@
 //! SPEC §3's first row is exact: a head over `max_header_bytes` gets a full 431 answer (hyper's own
 //! would have no body), and a client that does not finish its head within `handshake_timeout` is
 //! cut off. Nothing is consumed: the bytes read are handed back to be replayed to hyper.
-
-use std::time::Duration;
+//!
+//! The buffer is parsed again only when a read brings a line end (and after the first read,
+//! so that garbage is refused at once): a head sent a byte at a time costs one parse per line,
+//! at most [`MAX_HEADERS`] of them, instead of one per byte.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
 
 use crate::error::Reject;
 
@@ -23,11 +26,11 @@ pub(crate) enum HeadError {
 }
 
 /// Reads until one complete request head is buffered (it may be followed by early bytes) and
-/// returns everything read.
+/// returns everything read; a head not complete by `deadline` closes the connection.
 pub(crate) async fn read_head<S>(
     io: &mut S,
     max_bytes: usize,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<BytesMut, HeadError>
 where
     S: AsyncRead + Unpin,
@@ -38,9 +41,13 @@ where
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
+            let start = buf.len();
             match io.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return Err(HeadError::Closed),
                 Ok(_) => {}
+            }
+            if start > 0 && buf.len() <= max_bytes && !buf[start..].contains(&b'\n') {
+                continue;
             }
             match head_len(&buf) {
                 Ok(Some(len)) if len <= max_bytes => return Ok(()),
@@ -52,7 +59,7 @@ where
             }
         }
     };
-    match tokio::time::timeout(timeout, read_all).await {
+    match tokio::time::timeout_at(deadline, read_all).await {
         Ok(Ok(())) => Ok(buf),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HeadError::Closed),
@@ -72,7 +79,12 @@ fn head_len(buf: &[u8]) -> Result<Option<usize>, httparse::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
+
+    fn in_ms(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
 
     async fn feed(chunks: &[&[u8]], max: usize) -> Result<BytesMut, HeadError> {
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
@@ -80,7 +92,7 @@ mod tests {
             client.write_all(c).await.unwrap();
         }
         drop(client);
-        read_head(&mut server, max, Duration::from_secs(5)).await
+        read_head(&mut server, max, in_ms(5000)).await
     }
 
     #[tokio::test]
@@ -120,7 +132,31 @@ mod tests {
     #[tokio::test]
     async fn silent_client_times_out() {
         let (_client, mut server) = tokio::io::duplex(64);
-        let r = read_head(&mut server, 1024, Duration::from_millis(20)).await;
+        let r = read_head(&mut server, 1024, in_ms(20)).await;
         assert!(matches!(r, Err(HeadError::Closed)));
+    }
+
+    /// A head dripped a byte at a time is found at its last byte, with nothing lost, and
+    /// garbage in the very first read is refused before any line end arrives.
+    #[tokio::test]
+    async fn byte_at_a_time_and_early_garbage() {
+        let head = b"GET /x HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\n";
+        let (mut client, mut server) = tokio::io::duplex(1);
+        let writer = tokio::spawn(async move {
+            for b in head {
+                client.write_all(&[*b]).await.unwrap();
+            }
+            client
+        });
+        let got = read_head(&mut server, 1024, in_ms(5000)).await.unwrap();
+        assert_eq!(&got[..], head);
+        drop(writer.await.unwrap());
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"\x16\x03\x01\x02\x00\x01").await.unwrap();
+        let r = read_head(&mut server, 1024, in_ms(5000)).await;
+        assert!(
+            matches!(r, Err(HeadError::Reject(Reject::MalformedHead))),
+            "{r:?}"
+        );
     }
 }

@@ -18,10 +18,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::access::AccessRecord;
+use crate::config::Limits;
 use crate::error::{Carrier, Reject};
 use crate::gateway::{Conn, Gateway, ProxyBody};
 use crate::head::{self, HeadError};
@@ -109,27 +111,20 @@ async fn serve_connection(
     let _tracked = gateway.shutdown.track();
     let runtime = gateway.runtime();
     let limits = &runtime.config.limits;
+    // SPEC §2: one budget from accept for the PROXY header, the TLS handshake and the first
+    // request head (h2: its first HEADERS), so stages cannot each take a full timeout.
+    let deadline = Instant::now() + limits.handshake_timeout;
     // The PROXY header comes before admission so that limits count the real client (SPEC §6, §7).
     let Some(ProxiedAddrs {
         source: client,
         destination: local,
-    }) = connection_addrs(
-        &mut tcp,
-        peer,
-        fixed_local,
-        proxy_protocol,
-        limits.handshake_timeout,
-    )
-    .await
+    }) = connection_addrs(&mut tcp, peer, fixed_local, proxy_protocol, deadline).await
     else {
         return;
     };
-    let admitted = gateway.limiter.admit(
-        client.ip(),
-        limits.max_connections,
-        limits.max_connections_per_ip,
-    );
-    let handshake_timeout = limits.handshake_timeout;
+    let admitted = gateway
+        .limiter
+        .admit(client.ip(), limits, std::time::Instant::now());
     let Some(acceptor) = tls else {
         let permit = match admitted {
             Ok(p) => p,
@@ -144,9 +139,9 @@ async fn serve_connection(
             carrier: Carrier::H1,
             permit: Arc::new(permit),
         };
-        return serve_http1(tcp, Arc::new(conn)).await;
+        return serve_http1(tcp, Arc::new(conn), deadline).await;
     };
-    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!("TLS handshake timed out"),
@@ -156,7 +151,7 @@ async fn serve_connection(
         Ok(p) => p,
         // SPEC §6: on h2 the refusal is the first stream's answer, then GOAWAY.
         Err(reject) if h2 => {
-            return refuse_h2(stream, reject, gateway, client, handshake_timeout).await;
+            return refuse_h2(stream, reject, gateway, client, deadline).await;
         }
         Err(reject) => return answer_and_close(stream, &reject, &gateway, client).await,
     };
@@ -171,9 +166,9 @@ async fn serve_connection(
         permit: Arc::new(permit),
     });
     if h2 {
-        serve_h2(stream, conn).await
+        serve_h2(stream, conn, deadline).await
     } else {
-        serve_http1(stream, conn).await
+        serve_http1(stream, conn, deadline).await
     }
 }
 
@@ -185,7 +180,7 @@ async fn connection_addrs(
     peer: SocketAddr,
     fixed_local: Option<SocketAddr>,
     proxy_protocol: bool,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Option<ProxiedAddrs> {
     let local = fixed_local.unwrap_or_else(|| tcp.local_addr().unwrap_or(peer));
     let socket = ProxiedAddrs {
@@ -195,7 +190,7 @@ async fn connection_addrs(
     if !proxy_protocol {
         return Some(socket);
     }
-    match proxy_protocol::read_header(tcp, timeout).await {
+    match proxy_protocol::read_header(tcp, deadline).await {
         Ok(Some(addrs)) => {
             tracing::debug!(source = %addrs.source, "PROXY header");
             Some(addrs)
@@ -208,17 +203,19 @@ async fn connection_addrs(
     }
 }
 
-/// HTTP/1.1: our own read of the first head (exact 431 and handshake timeout), then hyper with
-/// upgrades, replaying the bytes already read.
-async fn serve_http1<S>(mut io: S, conn: Arc<Conn>)
+/// HTTP/1.1: our own read of the first head (exact 431, within the handshake `deadline`), then
+/// hyper with upgrades, replaying the bytes already read. Later keep-alive requests must start
+/// and finish their heads within `keepalive_timeout` (hyper's header timer runs from the end of
+/// the previous response).
+async fn serve_http1<S>(mut io: S, conn: Arc<Conn>, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &conn.runtime.config.limits;
-    let (max_header_bytes, handshake_timeout) = (limits.max_header_bytes, limits.handshake_timeout);
+    let (max_header_bytes, keepalive_timeout) = (limits.max_header_bytes, limits.keepalive_timeout);
     let shutdown = conn.gateway.shutdown.clone();
     let read = tokio::select! {
-        read = head::read_head(&mut io, max_header_bytes, handshake_timeout) => read,
+        read = head::read_head(&mut io, max_header_bytes, deadline) => read,
         () = shutdown.draining() => return,
     };
     let head = match read {
@@ -232,7 +229,7 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout)
+        .header_read_timeout(keepalive_timeout)
         .max_buf_size((max_header_bytes + 4096).max(8192))
         .max_headers(head::MAX_HEADERS);
     let connection = builder
@@ -251,10 +248,6 @@ const H2_STREAM_WINDOW: u32 = 256 * 1024;
 /// connection, and the most a connection can make the gateway buffer inbound (4 MiB).
 const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
 
-/// SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2): each stream can be a tunnel with its own
-/// upstream connection, so one client connection is bounded to this many.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
-
 /// Most bytes queued per stream towards a client that is not reading (its window closed): the
 /// tunnel stops reading that stream's upstream once this is full, so a slow reader costs
 /// bounded memory and pushes back on its own upstream only.
@@ -262,7 +255,7 @@ const H2_MAX_SEND_BUF: usize = 64 * 1024;
 
 /// The h2 server settings every TLS listener offers. No keep-alive PINGs: each tunnel has its
 /// own `idle_timeout`, and WebSocket endpoints ping end to end.
-fn h2_builder(max_header_bytes: usize) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+fn h2_builder(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -270,18 +263,19 @@ fn h2_builder(max_header_bytes: usize) -> hyper::server::conn::http2::Builder<To
         .enable_connect_protocol()
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        // Each stream can be a tunnel with its own upstream connection (RFC 9113 §6.5.2).
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_send_buf_size(H2_MAX_SEND_BUF)
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
 /// h2 (ALPN `h2` on a TLS listener), with RFC 8441 extended CONNECT.
-async fn serve_h2<S>(io: S, conn: Arc<Conn>)
+async fn serve_h2<S>(io: S, conn: Arc<Conn>, _deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = h2_builder(conn.runtime.config.limits.max_header_bytes);
+    let builder = h2_builder(&conn.runtime.config.limits);
     let shutdown = conn.gateway.shutdown.clone();
     let service = service_fn(move |req| Arc::clone(&conn).handle(req));
     let connection = builder.serve_connection(TokioIo::new(io), service);
@@ -342,11 +336,11 @@ async fn refuse_h2<S>(
     reject: Reject,
     gateway: Arc<Gateway>,
     client: SocketAddr,
-    deadline: Duration,
+    deadline: Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let max_header_bytes = gateway.runtime().config.limits.max_header_bytes;
+    let mut builder = h2_builder(&gateway.runtime().config.limits);
     let answered = Arc::new(Notify::new());
     let signal = Arc::clone(&answered);
     let service = service_fn(move |_req| {
@@ -367,7 +361,6 @@ async fn refuse_h2<S>(
         });
         std::future::ready(Ok::<_, Infallible>(response))
     });
-    let mut builder = h2_builder(max_header_bytes);
     builder.max_concurrent_streams(1);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -379,7 +372,7 @@ async fn refuse_h2<S>(
         connection.as_mut().graceful_shutdown();
         log_connection_end(connection.await);
     };
-    if tokio::time::timeout(deadline, refuse).await.is_err() {
+    if tokio::time::timeout_at(deadline, refuse).await.is_err() {
         tracing::debug!("refused h2 connection not answered and closed in time");
     }
 }

@@ -15,7 +15,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use ppp::PartialResult;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -69,8 +68,8 @@ pub(crate) enum Parse {
 pub(crate) enum ProxyError {
     #[error("invalid PROXY header: {0}")]
     Invalid(String),
-    #[error("no complete PROXY header within {0:?}")]
-    TimedOut(Duration),
+    #[error("no complete PROXY header within the handshake budget")]
+    TimedOut,
     #[error("connection ended before a complete PROXY header: {0}")]
     Io(#[source] io::Error),
 }
@@ -183,7 +182,7 @@ fn v1_min_remaining(buf: &[u8]) -> usize {
 /// valid header that carries no client address (v1 `UNKNOWN`, v2 `LOCAL`).
 pub(crate) async fn read_header<S>(
     io: &mut S,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
 ) -> Result<Option<ProxiedAddrs>, ProxyError>
 where
     S: AsyncRead + Unpin,
@@ -203,9 +202,9 @@ where
             }
         }
     };
-    tokio::time::timeout(timeout, read)
+    tokio::time::timeout_at(deadline, read)
         .await
-        .map_err(|_| ProxyError::TimedOut(timeout))?
+        .map_err(|_| ProxyError::TimedOut)?
 }
 
 /// The header an upstream with `send_proxy_protocol = version` gets before anything else.
@@ -497,6 +496,12 @@ mod tests {
         assert_eq!(binary[13], 0x21, "v2 family byte: TCP over IPv6");
     }
 
+    use std::time::Duration;
+
+    fn soon(ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(ms)
+    }
+
     #[tokio::test]
     async fn read_header_consumes_exactly_the_header() {
         let (mut client, mut server) = tokio::io::duplex(1024);
@@ -507,9 +512,7 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let got = read_header(&mut server, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let got = read_header(&mut server, soon(5000)).await.unwrap();
         assert_eq!(got, addrs("203.0.113.7:56324", "127.0.0.1:8080"));
         let mut rest = String::new();
         tokio::time::timeout(Duration::from_secs(5), server.read_to_string(&mut rest))
@@ -522,15 +525,11 @@ mod tests {
     #[tokio::test]
     async fn read_header_times_out_and_reports_eof() {
         let (_client, mut server) = tokio::io::duplex(1024);
-        let err = read_header(&mut server, Duration::from_millis(50))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ProxyError::TimedOut(_)), "{err}");
+        let err = read_header(&mut server, soon(50)).await.unwrap_err();
+        assert!(matches!(err, ProxyError::TimedOut), "{err}");
         let (client, mut server) = tokio::io::duplex(1024);
         drop(client);
-        let err = read_header(&mut server, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = read_header(&mut server, soon(5000)).await.unwrap_err();
         assert!(matches!(err, ProxyError::Io(_)), "{err}");
     }
 }

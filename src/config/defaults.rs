@@ -22,6 +22,11 @@ pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// slow-drip client (slowloris) cannot hold a connection slot.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `limits.keepalive_timeout`: 60s, what browsers and nginx (`keepalive_timeout 75s`) keep an
+/// unused connection for, so a page's follow-up requests reuse it while idle clients do not pin
+/// connection slots.
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// `limits.upstream_connect_timeout`: 5s, several TCP SYN retransmissions (RFC 6298 §2: 1s
 /// initial RTO, doubling), far beyond what a reachable upstream needs.
 pub(crate) const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +49,18 @@ pub(crate) const MAX_CONNECTIONS: usize = 100_000;
 /// `limits.max_connections_per_ip`: 0, unlimited (`None`), because clients behind one NAT or load
 /// balancer share an address; a per-address cap is opt-in.
 pub(crate) const MAX_CONNECTIONS_PER_IP: Option<usize> = None;
+
+/// `limits.connection_rate_per_ip`: 0, unlimited (`None`), for the same NAT reason as
+/// [`MAX_CONNECTIONS_PER_IP`].
+pub(crate) const CONNECTION_RATE_PER_IP: Option<u32> = None;
+
+/// `limits.h2_max_concurrent_streams`: 128, the RFC 9113 §6.5.2 recommended minimum of 100 with
+/// room; each stream can be a tunnel with its own upstream connection.
+pub(crate) const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// `listener.tls.strict_sni`: true, so a certificate shared by several tenants cannot carry
+/// requests across them (SPEC §3, 421).
+pub(crate) const STRICT_SNI: bool = true;
 
 /// `route.host`: `"*"`, every host.
 pub(crate) const ROUTE_HOST: &str = "*";

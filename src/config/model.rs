@@ -47,6 +47,10 @@ pub(crate) struct TlsConfig {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
     pub(crate) sni: Vec<SniCert>,
+    /// Answer 421 to a request whose host is not the SNI name the client sent (SPEC §3), so one
+    /// tenant's connection cannot reach another tenant's routes (domain fronting). Default
+    /// [`defaults::STRICT_SNI`].
+    pub(crate) strict_sni: bool,
 }
 
 /// A certificate served to clients asking for one of `names` by SNI.
@@ -81,6 +85,8 @@ pub(crate) struct Limits {
     pub(crate) max_header_bytes: usize,
     /// Default [`defaults::HANDSHAKE_TIMEOUT`].
     pub(crate) handshake_timeout: Duration,
+    /// Default [`defaults::KEEPALIVE_TIMEOUT`].
+    pub(crate) keepalive_timeout: Duration,
     /// Default [`defaults::UPSTREAM_CONNECT_TIMEOUT`].
     pub(crate) upstream_connect_timeout: Duration,
     /// Default [`defaults::UPSTREAM_HANDSHAKE_TIMEOUT`].
@@ -93,6 +99,32 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     /// Default [`defaults::MAX_CONNECTIONS_PER_IP`]; 0 (unlimited) is written as `None`.
     pub(crate) max_connections_per_ip: Option<usize>,
+    /// New connections (and h2 tunnel streams) per second per client address, burst the same.
+    /// Default [`defaults::CONNECTION_RATE_PER_IP`]; 0 (unlimited) is written as `None`.
+    pub(crate) connection_rate_per_ip: Option<u32>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS offered on h2. Default [`defaults::H2_MAX_CONCURRENT_STREAMS`].
+    pub(crate) h2_max_concurrent_streams: u32,
+}
+
+#[cfg(test)]
+impl Limits {
+    /// Every key at its default, for unit tests that build limits without a file.
+    pub(crate) fn defaults_for_tests() -> Self {
+        use super::defaults as d;
+        Limits {
+            max_header_bytes: d::MAX_HEADER_BYTES,
+            handshake_timeout: d::HANDSHAKE_TIMEOUT,
+            keepalive_timeout: d::KEEPALIVE_TIMEOUT,
+            upstream_connect_timeout: d::UPSTREAM_CONNECT_TIMEOUT,
+            upstream_handshake_timeout: d::UPSTREAM_HANDSHAKE_TIMEOUT,
+            idle_timeout: Some(d::IDLE_TIMEOUT),
+            drain_timeout: d::DRAIN_TIMEOUT,
+            max_connections: d::MAX_CONNECTIONS,
+            max_connections_per_ip: d::MAX_CONNECTIONS_PER_IP,
+            connection_rate_per_ip: d::CONNECTION_RATE_PER_IP,
+            h2_max_concurrent_streams: d::H2_MAX_CONCURRENT_STREAMS,
+        }
+    }
 }
 
 /// One `[upstreams.NAME]`.

@@ -47,6 +47,7 @@ pub(super) struct RawListenerTls {
     pub(crate) key: String,
     #[serde(default)]
     pub(crate) sni: Vec<RawSni>,
+    pub(crate) strict_sni: Option<bool>,
 }
 
 /// One entry of `sni = [...]`.
@@ -79,12 +80,15 @@ pub(super) struct RawWebSocket {
 pub(super) struct RawLimits {
     pub(crate) max_header_bytes: Option<i64>,
     pub(crate) handshake_timeout: Option<RawDuration>,
+    pub(crate) keepalive_timeout: Option<RawDuration>,
     pub(crate) upstream_connect_timeout: Option<RawDuration>,
     pub(crate) upstream_handshake_timeout: Option<RawDuration>,
     pub(crate) idle_timeout: Option<RawDuration>,
     pub(crate) drain_timeout: Option<RawDuration>,
     pub(crate) max_connections: Option<i64>,
     pub(crate) max_connections_per_ip: Option<i64>,
+    pub(crate) connection_rate_per_ip: Option<i64>,
+    pub(crate) h2_max_concurrent_streams: Option<i64>,
 }
 
 /// `[upstreams.NAME]`.

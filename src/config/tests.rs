@@ -59,6 +59,7 @@ proxy_protocol = false            # expect a PROXY v1/v2 header first (from an L
 cert = "certs/server.pem"         # default certificate (no or unknown SNI)
 key = "certs/server-key.pem"
 sni = [{ names = ["chat.example.com"], cert = "certs/chat.pem", key = "certs/chat-key.pem" }]
+strict_sni = true                 # a request whose host is not the SNI name the client sent: 421 (§3)
 
 [admin]                           # optional: /healthz, /readyz, /metrics
 bind = "127.0.0.1:9090"
@@ -69,13 +70,16 @@ version_mismatch_status = 426     # 426 (default) or 400, as in RFC 6455 §4.4
 
 [limits]
 max_header_bytes = 16384          # request head larger than this: 431
-handshake_timeout = "10s"         # client must finish its request head within this: else closed
+handshake_timeout = "10s"         # from accept: PROXY header + TLS handshake + first request head (h2: first HEADERS), all together; else closed
+keepalive_timeout = "60s"         # a client connection with no request in flight and no tunnel (h1 keep-alive, h2 without streams) is closed after this
 upstream_connect_timeout = "5s"
 upstream_handshake_timeout = "10s"
 idle_timeout = "5m"               # tunnel closed after no bytes in either direction; "0s" = never
 drain_timeout = "30s"             # on SIGTERM, how long open tunnels may live on
 max_connections = 100000          # over this: 503 + Retry-After
 max_connections_per_ip = 0        # 0 = unlimited; over it: 429
+connection_rate_per_ip = 0        # new connections (and h2/h3 tunnel streams) per second per client address, burst the same; 0 = unlimited; over it: 429
+h2_max_concurrent_streams = 128   # SETTINGS_MAX_CONCURRENT_STREAMS offered on h2 (and the h3 equivalent)
 
 [upstreams.chat]
 servers = ["127.0.0.1:9001", "127.0.0.1:9002"]
@@ -113,6 +117,7 @@ const SPEC_TLS_BLOCK: &str = r#"[listener.tls]                    # same as: tls
 cert = "certs/server.pem"         # default certificate (no or unknown SNI)
 key = "certs/server-key.pem"
 sni = [{ names = ["chat.example.com"], cert = "certs/chat.pem", key = "certs/chat-key.pem" }]
+strict_sni = true                 # a request whose host is not the SNI name the client sent: 421 (§3)
 "#;
 
 fn spec_certs(dir: &TestDir) {
@@ -196,7 +201,7 @@ fn inline_tls_table_is_the_same_as_the_sub_table() {
     spec_certs(&dir);
     let inline = SPEC_EXAMPLE.replace(
         SPEC_TLS_BLOCK,
-        "tls = { cert = \"certs/server.pem\", key = \"certs/server-key.pem\", sni = [{ names = [\"chat.example.com\"], cert = \"certs/chat.pem\", key = \"certs/chat-key.pem\" }] }\n",
+        "tls = { cert = \"certs/server.pem\", key = \"certs/server-key.pem\", sni = [{ names = [\"chat.example.com\"], cert = \"certs/chat.pem\", key = \"certs/chat-key.pem\" }], strict_sni = true }\n",
     );
     assert_ne!(
         inline, SPEC_EXAMPLE,
@@ -232,12 +237,15 @@ fn minimal_config_gets_the_documented_defaults() {
         Limits {
             max_header_bytes: 16384,
             handshake_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(300)),
             drain_timeout: Duration::from_secs(30),
             max_connections: 100_000,
             max_connections_per_ip: None,
+            connection_rate_per_ip: None,
+            h2_max_concurrent_streams: 128,
         }
     );
     assert!(config.upstreams.is_empty() && config.routes.is_empty());
@@ -257,7 +265,7 @@ tls = { cert = "s.pem", key = "s-key.pem" }
 [[listener]]
 bind = "127.0.0.1:8444"
 http2 = false
-tls = { cert = "s.pem", key = "s-key.pem" }
+tls = { cert = "s.pem", key = "s-key.pem", strict_sni = false }
 
 [websocket]
 versions = [8, 13]
@@ -265,7 +273,10 @@ version_mismatch_status = 400
 
 [limits]
 idle_timeout = "0s"
+keepalive_timeout = "2s"
 max_connections_per_ip = 7
+connection_rate_per_ip = 20
+h2_max_concurrent_streams = 4
 drain_timeout = "1m30s"
 
 [upstreams.up]
@@ -299,6 +310,11 @@ path = "/ws"
     );
     assert_eq!(config.limits.idle_timeout, None);
     assert_eq!(config.limits.max_connections_per_ip, Some(7));
+    assert_eq!(config.limits.keepalive_timeout, Duration::from_secs(2));
+    assert_eq!(config.limits.connection_rate_per_ip, Some(20));
+    assert_eq!(config.limits.h2_max_concurrent_streams, 4);
+    let strict = |i: usize| config.listeners[i].tls.as_ref().unwrap().strict_sni;
+    assert!(strict(0) && !strict(1));
     assert_eq!(config.limits.drain_timeout, Duration::from_secs(90));
     let up = &config.upstreams["up"];
     assert_eq!(up.name, "up");
@@ -379,12 +395,15 @@ version_mismatch_status = 426
 [limits]
 max_header_bytes = 16384
 handshake_timeout = "10s"
+keepalive_timeout = "60s"
 upstream_connect_timeout = "5s"
 upstream_handshake_timeout = "10s"
 idle_timeout = "5m"
 drain_timeout = "250ms"
 max_connections = 100000
 max_connections_per_ip = 0
+connection_rate_per_ip = 0
+h2_max_concurrent_streams = 128
 
 [upstreams.chat]
 servers = ["127.0.0.1:9001", "127.0.0.1:9002"]
@@ -626,6 +645,30 @@ const REJECTS: &[Reject] = &[
         at: ("max_connections_per_ip", 0),
         key: "limits.max_connections_per_ip",
         says: "-1",
+    },
+    Reject {
+        name: "zero keepalive timeout",
+        from: "keepalive_timeout = \"60s\"",
+        to: "keepalive_timeout = \"0s\"",
+        at: ("keepalive_timeout", 0),
+        key: "limits.keepalive_timeout",
+        says: "greater than 0s",
+    },
+    Reject {
+        name: "negative connection rate",
+        from: "connection_rate_per_ip = 0",
+        to: "connection_rate_per_ip = -5",
+        at: ("connection_rate_per_ip", 0),
+        key: "limits.connection_rate_per_ip",
+        says: "-5",
+    },
+    Reject {
+        name: "zero h2 streams",
+        from: "h2_max_concurrent_streams = 128",
+        to: "h2_max_concurrent_streams = 0",
+        at: ("h2_max_concurrent_streams", 0),
+        key: "limits.h2_max_concurrent_streams",
+        says: "at least 1",
     },
     Reject {
         name: "duplicate subprotocol",

@@ -191,7 +191,12 @@ impl Validator<'_> {
             self.cert_pair(&at, &cert, &key);
             sni.push(SniCert { names, cert, key });
         }
-        TlsConfig { cert, key, sni }
+        TlsConfig {
+            cert,
+            key,
+            sni,
+            strict_sni: raw.strict_sni.unwrap_or(defaults::STRICT_SNI),
+        }
     }
 
     /// Loads a certificate and key as the listener will, so that an unreadable or mismatched
@@ -279,6 +284,11 @@ impl Validator<'_> {
             raw.handshake_timeout.as_ref(),
             defaults::HANDSHAKE_TIMEOUT,
         );
+        let keepalive_timeout = self.positive_duration(
+            &at.key("keepalive_timeout"),
+            raw.keepalive_timeout.as_ref(),
+            defaults::KEEPALIVE_TIMEOUT,
+        );
         let upstream_connect_timeout = self.positive_duration(
             &at.key("upstream_connect_timeout"),
             raw.upstream_connect_timeout.as_ref(),
@@ -328,15 +338,48 @@ impl Validator<'_> {
                 }
             },
         };
+        let connection_rate_per_ip = match raw.connection_rate_per_ip {
+            None => defaults::CONNECTION_RATE_PER_IP,
+            Some(0) => None,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.bad(
+                        &at.key("connection_rate_per_ip"),
+                        format!(
+                            "connection_rate_per_ip {n} must be 0 (unlimited) to {}",
+                            u32::MAX
+                        ),
+                    );
+                    defaults::CONNECTION_RATE_PER_IP
+                }
+            },
+        };
+        let h2_max_concurrent_streams = match raw.h2_max_concurrent_streams {
+            None => defaults::H2_MAX_CONCURRENT_STREAMS,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    self.bad(
+                        &at.key("h2_max_concurrent_streams"),
+                        format!("h2_max_concurrent_streams {n} must be at least 1"),
+                    );
+                    defaults::H2_MAX_CONCURRENT_STREAMS
+                }
+            },
+        };
         Limits {
             max_header_bytes,
             handshake_timeout,
+            keepalive_timeout,
             upstream_connect_timeout,
             upstream_handshake_timeout,
             idle_timeout,
             drain_timeout,
             max_connections,
             max_connections_per_ip,
+            connection_rate_per_ip,
+            h2_max_concurrent_streams,
         }
     }
 

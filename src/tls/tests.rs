@@ -37,6 +37,7 @@ fn listener_tls() -> TlsConfig {
             cert: committed("chat.pem"),
             key: committed("chat-key.pem"),
         }],
+        strict_sni: true,
     }
 }
 
@@ -270,6 +271,7 @@ async fn reload_swaps_certificates_for_new_connections_and_keeps_them_on_error()
         cert: cert.clone(),
         key: key.clone(),
         sni: Vec::new(),
+        strict_sni: true,
     };
     let tls = ServerTls::new(&config, true).expect("server tls");
     let acceptor = tls.acceptor(); // made before the reload, used after it
