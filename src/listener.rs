@@ -71,6 +71,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
+    strict_sni: bool,
     gateway: Arc<Gateway>,
 ) {
     let bound = listener.local_addr().ok();
@@ -91,6 +92,7 @@ pub(crate) async fn accept_loop(
                 fixed_local,
                 tls.clone(),
                 proxy_protocol,
+                strict_sni,
                 Arc::clone(&gateway),
             )
             .instrument(span),
@@ -106,6 +108,7 @@ async fn serve_connection(
     fixed_local: Option<SocketAddr>,
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
+    strict_sni: bool,
     gateway: Arc<Gateway>,
 ) {
     let _tracked = gateway.shutdown.track();
@@ -136,6 +139,7 @@ async fn serve_connection(
             client,
             local,
             tls: false,
+            sni: None,
             carrier: Carrier::H1,
             permit: Arc::new(permit),
         };
@@ -156,12 +160,17 @@ async fn serve_connection(
         Err(reject) => return answer_and_close(stream, &reject, &gateway, client).await,
     };
     let carrier = if h2 { Carrier::H2 } else { Carrier::H1 };
+    let sni = strict_sni
+        .then(|| stream.get_ref().1.server_name())
+        .flatten()
+        .map(|name| name.to_ascii_lowercase().into_boxed_str());
     let conn = Arc::new(Conn {
         gateway,
         runtime,
         client,
         local,
         tls: true,
+        sni,
         carrier,
         permit: Arc::new(permit),
     });

@@ -86,7 +86,7 @@ impl RouteTable {
 
 /// The host name a `Host` value names: port dropped, IPv6 brackets removed, one trailing dot
 /// (the DNS root) dropped, ASCII lower-cased (RFC 9110 §4.2.3: the host is case-insensitive).
-fn host_name(host: &str) -> Cow<'_, str> {
+pub(crate) fn host_name(host: &str) -> Cow<'_, str> {
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split_once(']').map_or(rest, |(v6, _)| v6)
     } else if host.bytes().filter(|b| *b == b':').count() == 1 {

@@ -51,8 +51,11 @@ impl Conn {
         rec: &mut AccessRecord,
     ) -> Result<Outcome, Reject> {
         let carrier = self.carrier;
+        handshake::check_method_form(parts, carrier)?;
         let host = handshake::request_host(parts, carrier)?.to_owned();
         rec.host.clone_from(&host);
+        handshake::check_path(&rec.path)?;
+        handshake::check_sni(&host, self.sni.as_deref())?;
         let route = self
             .runtime
             .routes

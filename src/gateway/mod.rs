@@ -111,6 +111,9 @@ pub(crate) struct Conn {
     /// destination. Sent on as the destination of an upstream's `send_proxy_protocol` header.
     pub(crate) local: SocketAddr,
     pub(crate) tls: bool,
+    /// The SNI name the client sent (lower-cased), when its listener has `strict_sni`: every
+    /// request's host must be this name (SPEC §3, 421).
+    pub(crate) sni: Option<Box<str>>,
     /// How this connection's requests arrive; the handshake rules that differ by carrier ask it.
     pub(crate) carrier: Carrier,
     /// Shared with the tunnels this connection opens, so the connection slot lives as long as they do.

@@ -3,7 +3,10 @@
 //! The I/O layer calls, for every request (HTTP/1.x or an h2 stream), in this order, and
 //! answers [`Reject::response`] on the first `Err`:
 //!
-//! 1. [`request_host`] — the host to route on (400 without `Host`);
+//! 0. [`check_method_form`] — an ordinary HTTP/1.1 CONNECT is 405 before anything else;
+//! 1. [`request_host`] — the host to route on (400 without `Host` or with an invalid one), then
+//!    [`check_path`] (400 for dot segments and `%00`) and, on a `strict_sni` connection, the
+//!    host against the SNI name (421);
 //! 2. [`crate::route::RouteTable::find`] — 404 on `None`;
 //! 3. [`classify`] — ordinary request, WebSocket, or another configured `Upgrade` token;
 //! 4. [`Upgrade::check`]: [`negotiate`] (WebSocket) or [`check_other_upgrade`] (other tokens),
@@ -22,6 +25,7 @@
 
 mod client;
 mod key;
+mod target;
 mod tokens;
 mod upstream;
 
@@ -29,6 +33,7 @@ pub(crate) use client::{
     Negotiated, check_other_upgrade, client_success, client_success_other, negotiate,
 };
 pub(crate) use key::{accept_key, key_from_bytes};
+pub(crate) use target::check_path;
 pub(crate) use upstream::{
     ForwardInfo, UpstreamUpgrade, check_upstream_101, check_upstream_other_101, forward_headers,
     strip_hop_by_hop, upstream_request,
@@ -50,7 +55,22 @@ use crate::error::{Carrier, Reject};
 /// `Host`, else [`Reject::MissingHost`]. With an absolute-form target the target's authority
 /// wins (RFC 9112 §3.2.2). HTTP/1.0 may omit `Host`: it is routed on `""` (only `*` routes
 /// match), so it ends in a 404, the plain-request branch, or the version row's 400.
+///
+/// Every host named — the `Host` line, the target's or the `:authority` — must be a valid
+/// `host[:port]` ([`target::check_authority`]), else [`Reject::BadHost`]: a malformed one would
+/// miss the exact-host routes, fall to a wildcard route and be forwarded upstream.
 pub(crate) fn request_host(parts: &Parts, carrier: Carrier) -> Result<&str, Reject> {
+    let host = named_host(parts, carrier)?;
+    if !host.is_empty() {
+        target::check_authority(host)?;
+    }
+    if let Some(authority) = parts.uri.authority() {
+        target::check_authority(authority.as_str())?;
+    }
+    Ok(host)
+}
+
+fn named_host(parts: &Parts, carrier: Carrier) -> Result<&str, Reject> {
     let connect = carrier.extended_connect();
     if connect {
         if let Some(authority) = parts.uri.authority() {
@@ -66,9 +86,41 @@ pub(crate) fn request_host(parts: &Parts, carrier: Carrier) -> Result<&str, Reje
     if host.is_empty() {
         return Err(Reject::MissingHost);
     }
-    match parts.uri.authority() {
-        Some(authority) if !connect => Ok(authority.as_str()),
-        _ => Ok(host),
+    if let Some(authority) = parts.uri.authority() {
+        if !connect {
+            // The Host line must still be valid even though the target's authority wins.
+            target::check_authority(host)?;
+            return Ok(authority.as_str());
+        }
+    }
+    Ok(host)
+}
+
+/// Step 0 (SPEC §3, after the table): an HTTP/1.1 `CONNECT` without `Upgrade` asks a forward
+/// proxy for a raw tunnel, which the gateway is not; 405 before routing, since its
+/// authority-form target names no path to route on.
+pub(crate) fn check_method_form(parts: &Parts, carrier: Carrier) -> Result<(), Reject> {
+    if !carrier.extended_connect()
+        && parts.method == Method::CONNECT
+        && !parts.headers.contains_key(UPGRADE)
+    {
+        return Err(Reject::ConnectNotAllowed);
+    }
+    Ok(())
+}
+
+/// On a TLS connection whose client sent `sni` (and `strict_sni` is on): the routed host (port
+/// ignored, case-insensitive, one trailing dot ignored) must be that name, else 421 (RFC 9110
+/// §15.5.20), so a connection opened for one tenant's name cannot carry requests for another's.
+pub(crate) fn check_sni(host: &str, sni: Option<&str>) -> Result<(), Reject> {
+    match sni {
+        Some(sni)
+            if *crate::route::host_name(host)
+                != *sni.trim_end_matches('.').to_ascii_lowercase() =>
+        {
+            Err(Reject::MisdirectedRequest)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -281,6 +333,12 @@ mod tests {
             (Version::HTTP_2, Some("h2.example:443"), &[], Ok("h2.example:443")),
             (Version::HTTP_2, None, &["h.example"], Ok("h.example")),
             (Version::HTTP_2, None, &[], Err(Reject::MissingHost)),
+            (Version::HTTP_11, None, &["a, b"], Err(Reject::BadHost)),
+            (Version::HTTP_11, None, &["u@a"], Err(Reject::BadHost)),
+            (Version::HTTP_11, None, &["a:"], Err(Reject::BadHost)),
+            (Version::HTTP_10, None, &["a b"], Err(Reject::BadHost)),
+            (Version::HTTP_2, Some("h2.example:0"), &[], Err(Reject::BadHost)),
+            (Version::HTTP_2, Some("u@h2.example"), &[], Err(Reject::BadHost)),
         ];
         for (version, authority, hosts, want) in rows {
             let carrier = if *version == Version::HTTP_2 {
@@ -314,6 +372,63 @@ mod tests {
             .unwrap()
             .into_parts();
         assert_eq!(request_host(&parts, Carrier::H1), Ok("target.example"));
+        for (uri, host) in [
+            ("http://u@target.example/ws", "target.example"),
+            ("http://target.example:/ws", "target.example"),
+            ("http://target.example/ws", "a/b"),
+        ] {
+            let (parts, ()) = http::Request::builder()
+                .uri(uri)
+                .header(HOST, host)
+                .body(())
+                .unwrap()
+                .into_parts();
+            assert_eq!(
+                request_host(&parts, Carrier::H1),
+                Err(Reject::BadHost),
+                "{uri} {host}"
+            );
+        }
+    }
+
+    #[test]
+    fn sni_and_connect_rows() {
+        let rows = [
+            ("chat.example", Some("chat.example"), Ok(())),
+            ("Chat.Example.:8443", Some("chat.example"), Ok(())),
+            ("chat.example", None, Ok(())),
+            (
+                "other.example",
+                Some("chat.example"),
+                Err(Reject::MisdirectedRequest),
+            ),
+            (
+                "[::1]:8443",
+                Some("chat.example"),
+                Err(Reject::MisdirectedRequest),
+            ),
+        ];
+        for (host, sni, want) in rows {
+            assert_eq!(check_sni(host, sni), want, "{host} {sni:?}");
+        }
+        let connect = |upgrade: Option<&str>| {
+            let mut b = http::Request::builder()
+                .method(Method::CONNECT)
+                .uri("a.example:443");
+            if let Some(u) = upgrade {
+                b = b.header(UPGRADE, u);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert_eq!(
+            check_method_form(&connect(None), Carrier::H1),
+            Err(Reject::ConnectNotAllowed)
+        );
+        assert_eq!(
+            check_method_form(&connect(Some("websocket")), Carrier::H1),
+            Ok(())
+        );
+        assert_eq!(check_method_form(&connect(None), Carrier::H2), Ok(()));
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl Open {
     ) -> io::Result<Open> {
         let local = tcp.local_addr()?;
         let socket = tcp.into_std()?;
-        let accept = spawn_accept_loop(&socket, tls.as_ref(), settings.proxy_protocol, gateway)?;
+        let accept = spawn_accept_loop(&socket, tls.as_ref(), &settings, gateway)?;
         tracing::info!(event = "listening", addr = %local, kind = "listener", "listening");
         Ok(Open {
             settings,
@@ -228,12 +228,7 @@ impl Open {
                 return self;
             }
         };
-        let accept = match spawn_accept_loop(
-            &self.socket,
-            tls.as_ref(),
-            settings.proxy_protocol,
-            gateway,
-        ) {
+        let accept = match spawn_accept_loop(&self.socket, tls.as_ref(), settings, gateway) {
             Ok(accept) => accept,
             Err(e) => {
                 tracing::error!(listener = %self.local, error = %e, "listener settings not changed");
@@ -304,7 +299,7 @@ fn server_tls(settings: &ListenerConfig) -> Result<Option<ServerTls>, crate::tls
 fn spawn_accept_loop(
     socket: &std::net::TcpListener,
     tls: Option<&ServerTls>,
-    proxy_protocol: bool,
+    settings: &ListenerConfig,
     gateway: &Arc<Gateway>,
 ) -> io::Result<JoinHandle<()>> {
     let dup = socket.try_clone()?;
@@ -314,7 +309,8 @@ fn spawn_accept_loop(
     Ok(tokio::spawn(listener::accept_loop(
         tcp,
         acceptor,
-        proxy_protocol,
+        settings.proxy_protocol,
+        settings.tls.as_ref().is_some_and(|t| t.strict_sni),
         Arc::clone(gateway),
     )))
 }

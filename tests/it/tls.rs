@@ -174,6 +174,46 @@ async fn sni_picks_certificate_and_default_covers_the_rest() {
     .await;
 }
 
+/// SPEC §3 `strict_sni`: a request whose host is not the SNI name of its connection is 421
+/// (domain fronting across tenants), the port and case not counting; a connection without SNI
+/// (an IP literal) is not checked; with `strict_sni = false` the host routes as sent.
+#[tokio::test]
+async fn strict_sni_refuses_a_host_other_than_the_sni_name() {
+    bounded("strict_sni_refuses_a_host_other_than_the_sni_name", async {
+        let up = WsUpstream::start().await;
+        let gw = dev_tls_gateway(up.addr(), &[]).await;
+        let port = gw.addr().port();
+        let tls = tls_connect(gw.addr(), dev_client_config(), "localhost").await;
+        let err = wss_handshake(tls, &format!("{CHAT}:{port}"), "/ws", Some("chat.v2"))
+            .await
+            .expect_err("host other than the SNI name");
+        assert!(err.to_string().contains("421"), "{err}");
+        let tls = tls_connect(gw.addr(), dev_client_config(), "localhost").await;
+        let (mut ws, _) = wss_handshake(tls, &format!("LocalHost:{port}"), "/ws", Some("echo.v1"))
+            .await
+            .expect("same name, other case and a port");
+        echo(&mut ws, "same tenant").await;
+        let tls = tls_connect(gw.addr(), dev_client_config(), "127.0.0.1").await;
+        let (mut ws, _) = wss_handshake(tls, CHAT, "/ws", Some("echo.v1"))
+            .await
+            .expect("no SNI sent: nothing to compare");
+        echo(&mut ws, "no sni").await;
+
+        let lax = ConfigBuilder::new()
+            .tls(ListenerTls::dev().strict_sni(false))
+            .upstream("app", &[up.addr()])
+            .route(Route::new("/ws").sub("echo.v1", "app"))
+            .start()
+            .await;
+        let tls = tls_connect(lax.addr(), dev_client_config(), "localhost").await;
+        let (mut ws, _) = wss_handshake(tls, CHAT, "/ws", Some("echo.v1"))
+            .await
+            .expect("strict_sni = false routes the host as sent");
+        echo(&mut ws, "lax").await;
+    })
+    .await;
+}
+
 /// A minimal ClientHello offering only `version` (0x0301 TLS 1.0, 0x0302 TLS 1.1), built by
 /// hand so that the test does not depend on a client library still able to send one
 /// (RFC 5246 §7.4.1.2 layout, RFC 6066 SNI).

@@ -336,6 +336,7 @@ pub struct ListenerTls {
     /// (names, cert, key) per `sni` entry.
     sni: Vec<(Vec<String>, PathBuf, PathBuf)>,
     http2: Option<bool>,
+    strict_sni: Option<bool>,
 }
 
 impl ListenerTls {
@@ -346,6 +347,7 @@ impl ListenerTls {
             key: key.to_path_buf(),
             sni: Vec::new(),
             http2: None,
+            strict_sni: None,
         }
     }
 
@@ -375,6 +377,12 @@ impl ListenerTls {
         self
     }
 
+    /// The listener's `tls.strict_sni` key.
+    pub fn strict_sni(mut self, on: bool) -> ListenerTls {
+        self.strict_sni = Some(on);
+        self
+    }
+
     /// Lines for the `[[listener]]` just opened.
     fn render(&self, out: &mut String) {
         let path = |p: &Path| q(&p.to_string_lossy());
@@ -401,6 +409,9 @@ impl ListenerTls {
                 })
                 .collect();
             out.push_str(&format!("sni = [{}]\n", entries.join(", ")));
+        }
+        if let Some(on) = self.strict_sni {
+            out.push_str(&format!("strict_sni = {on}\n"));
         }
     }
 }
