@@ -50,7 +50,9 @@ where
                 continue;
             }
             match head_len(&buf) {
-                Ok(Some(len)) if len <= max_bytes => return Ok(()),
+                Ok(Some(len)) if len <= max_bytes => {
+                    return check_framing(&buf[..len]).map_err(HeadError::Reject);
+                }
                 Ok(None) if buf.len() <= max_bytes => continue,
                 Ok(_) | Err(httparse::Error::TooManyHeaders) => {
                     return Err(HeadError::Reject(Reject::HeadTooLarge { limit: max_bytes }));
@@ -74,6 +76,52 @@ fn head_len(buf: &[u8]) -> Result<Option<usize>, httparse::Error> {
         httparse::Status::Complete(n) => Some(n),
         httparse::Status::Partial => None,
     })
+}
+
+/// What hyper would refuse in a head httparse accepts, refused here so that the answer is the
+/// gateway's own 400 (text body, `Connection: close`, metric and log; SPEC §3): a target that
+/// is not a URI, `Transfer-Encoding` on HTTP/1.0 or without `chunked` last (RFC 9112 §6.3), and
+/// a `Content-Length` that is not a number or differs between lines (RFC 9112 §6.3 item 5).
+/// These are also the ambiguities request smuggling is built from.
+fn check_framing(head: &[u8]) -> Result<(), Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Err(Reject::MalformedHead);
+    }
+    let path = req.path.unwrap_or_default();
+    if http::Uri::try_from(path).is_err() {
+        return Err(Reject::MalformedHead);
+    }
+    let http10 = req.version == Some(0);
+    let mut length: Option<u64> = None;
+    let mut chunked_last = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if http10 {
+                return Err(Reject::MalformedHead);
+            }
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked_last = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            // A line may repeat one value as a list ("5, 5"), as hyper accepts.
+            for v in h.value.split(|b| *b == b',') {
+                let v = v.trim_ascii();
+                let n = (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or(Reject::MalformedHead)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Reject::MalformedHead);
+                }
+                length = Some(n);
+            }
+        }
+    }
+    if chunked_last == Some(false) {
+        return Err(Reject::MalformedHead);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -125,6 +173,37 @@ mod tests {
                 (Err(HeadError::Reject(r)), Some(s)) => assert_eq!(r.status(), s, "{name}"),
                 (Err(HeadError::Closed), None) => {}
                 (other, _) => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn framing_hyper_would_refuse_is_ours_to_answer() {
+        let ok: &[&str] = &[
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET http://a.example/x?y HTTP/1.1\r\nHost: a\r\n\r\n",
+        ];
+        for head in ok {
+            assert!(feed(&[head.as_bytes()], 4096).await.is_ok(), "{head}");
+        }
+        let bad: &[&str] = &[
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET http:// HTTP/1.1\r\nHost: a\r\n\r\n",
+        ];
+        for head in bad {
+            match feed(&[head.as_bytes()], 4096).await {
+                Err(HeadError::Reject(Reject::MalformedHead)) => {}
+                other => panic!("{head}: {other:?}"),
             }
         }
     }
