@@ -585,6 +585,35 @@ async fn connection_limits_answered_at_accept() {
     .await;
 }
 
+/// `connection_rate_per_ip = 2`: a burst of two connections is served, the third within the
+/// same second gets 429 + `Retry-After` at accept, and a second later the address may connect
+/// again (SPEC §3: a token bucket per client address, rate r, burst r).
+#[tokio::test]
+async fn connection_rate_answered_at_accept() {
+    bounded("connection_rate_answered_at_accept", async {
+        let up = RawUpstream::start(accept_then_echo(b"")).await;
+        let gw = config(up.addr())
+            .limit("connection_rate_per_ip", "2")
+            .start()
+            .await;
+        let mut first = open_tunnel(gw.addr()).await;
+        let _second = open_tunnel(gw.addr()).await;
+        let mut over = Client::connect(gw.addr()).await;
+        let (head, _) = expect_failure(&mut over, 429, "connection_rate_per_ip").await;
+        assert!(
+            head.headers.has("retry-after"),
+            "no Retry-After in {head:?}"
+        );
+        assert_echoes(&mut first, b"admitted tunnels carry on").await;
+        // One token comes back per half second, minus the debt of the refusal: wait for a
+        // full refill rather than guessing the instant it arrives.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut again = open_tunnel(gw.addr()).await;
+        assert_echoes(&mut again, b"refilled").await;
+    })
+    .await;
+}
+
 /// handshake_timeout = 500ms: a head dribbled a byte per 100ms is cut off long before it is
 /// complete, and so is a connection that sends nothing. Neither reaches the upstream.
 #[tokio::test]

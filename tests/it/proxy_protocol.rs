@@ -330,3 +330,32 @@ async fn send_proxy_protocol_precedes_the_request_byte_exact() {
     )
     .await;
 }
+
+/// SPEC §2: `handshake_timeout` is one budget from accept shared by the PROXY header and the
+/// first head. A PROXY header sent at 60% of the budget and a head completed at 120% is cut off,
+/// although neither stage alone took a full timeout.
+#[tokio::test]
+async fn proxy_header_and_head_share_one_budget() {
+    bounded("proxy_header_and_head_share_one_budget", async {
+        let up = RawUpstream::start(accept_then_echo(b"")).await;
+        let gw = proxy_gateway(&up, &[("handshake_timeout", "\"1s\"")]).await;
+        let mut c = Client::connect(gw.addr()).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        c.send(&v1(sa("203.0.113.9:4000"), gw.addr()))
+            .await
+            .expect("PROXY header");
+        let head = ClientRequest::ws(&gw.addr().to_string(), "/ws")
+            .protocol("chat.v2")
+            .to_bytes();
+        let (start, end) = head.split_at(head.len() / 2);
+        c.send(start).await.expect("first half of the head");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // The gateway may already have closed: a failed write is the expected outcome too.
+        let _ = c.send(end).await;
+        let (data, closed) = c.read_to_eof(IO_TIMEOUT).await;
+        assert!(closed, "connection still open after the shared budget");
+        assert!(data.is_empty(), "got an answer after the budget: {data:?}");
+        assert_eq!(up.total_bytes(), 0, "bytes reached the upstream");
+    })
+    .await;
+}
