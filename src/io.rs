@@ -23,6 +23,9 @@ use tokio_rustls::server::TlsStream as ServerTlsStream;
 
 use crate::tunnel::Leg;
 
+mod stall;
+pub(crate) use stall::WriteStall;
+
 /// A stream that yields `prefix` before reading from `inner`.
 #[derive(Debug)]
 pub(crate) struct Rewind<T> {
@@ -134,18 +137,19 @@ impl AsyncWrite for UpstreamStream {
 
 /// The client side of an HTTP/1.1 tunnel as a leg.
 ///
-/// The listener serves h1 over `TokioIo<Rewind<S>>`, `S` a plain `TcpStream` or a server TLS
-/// stream; both are recovered. Any other type stays the `Upgraded` itself, which still replays
+/// The listener serves h1 over `TokioIo<Rewind<WriteStall<S>>>`, `S` a plain `TcpStream` or a
+/// server TLS stream; both are recovered, without the send timeout (the tunnel has its own
+/// `idle_timeout`). Any other type stays the `Upgraded` itself, which still replays
 /// its own read buffer, so no early byte is lost either way.
 pub(crate) fn h1_client_leg(upgraded: Upgraded) -> Leg {
-    let upgraded = match upgraded.downcast::<TokioIo<Rewind<TcpStream>>>() {
+    let upgraded = match upgraded.downcast::<TokioIo<Rewind<WriteStall<TcpStream>>>>() {
         Ok(parts) => {
             let (stream, early) = rewound(parts);
             return Leg::tcp(stream, early);
         }
         Err(upgraded) => upgraded,
     };
-    match upgraded.downcast::<TokioIo<Rewind<ServerTlsStream<TcpStream>>>>() {
+    match upgraded.downcast::<TokioIo<Rewind<WriteStall<ServerTlsStream<TcpStream>>>>>() {
         Ok(parts) => {
             let (stream, early) = rewound(parts);
             Leg::stream(stream, early)
@@ -180,9 +184,9 @@ pub(crate) fn upstream_leg(upgraded: Upgraded) -> Leg {
 /// A downcast h1 server connection: its stream, and the bytes read past the head. hyper filled
 /// `read_buf` by reading from the `Rewind`, which replays its prefix first, so `read_buf` came
 /// first on the wire and the prefix the `Rewind` has not replayed yet follows it.
-fn rewound<S>(parts: Parts<TokioIo<Rewind<S>>>) -> (S, Bytes) {
+fn rewound<S>(parts: Parts<TokioIo<Rewind<WriteStall<S>>>>) -> (S, Bytes) {
     let (unread, stream) = parts.io.into_inner().into_parts();
-    (stream, concat(parts.read_buf, unread))
+    (stream.into_inner(), concat(parts.read_buf, unread))
 }
 
 /// `first` then `second`, copying only when both hold bytes.
@@ -289,7 +293,7 @@ mod tests {
         head
     }
 
-    /// Serves one h1 connection the way the listener does (hyper over `TokioIo<Rewind<S>>`,
+    /// Serves one h1 connection the way the listener does (hyper over `TokioIo<Rewind<WriteStall<S>>>`,
     /// `prefix` replayed first), answers its upgrade with a 101, and returns the upgraded server
     /// side once hyper hands it over.
     async fn serve_upgrade<S>(io: S, prefix: Bytes) -> Upgraded
@@ -307,7 +311,10 @@ mod tests {
             std::future::ready(response)
         });
         let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(Rewind::new(prefix, io)), service)
+            .serve_connection(
+                TokioIo::new(Rewind::new(prefix, WriteStall::new(io, Some(LIMIT)))),
+                service,
+            )
             .with_upgrades();
         tokio::spawn(conn);
         rx.recv().await.unwrap().await.unwrap()
@@ -340,7 +347,7 @@ mod tests {
         timeout(LIMIT, async {
             let (upgraded, early, _client) = plain_h1_upgrade(20_000).await;
             let parts = upgraded
-                .downcast::<TokioIo<Rewind<TcpStream>>>()
+                .downcast::<TokioIo<Rewind<WriteStall<TcpStream>>>>()
                 .expect("plain h1 downcasts");
             let (unread, _) = parts.io.into_inner().into_parts();
             assert!(!parts.read_buf.is_empty(), "hyper buffered no early byte");

@@ -27,7 +27,7 @@ use crate::config::Limits;
 use crate::error::{Carrier, Reject};
 use crate::gateway::{Conn, Gateway, ProxyBody};
 use crate::head::{self, HeadError};
-use crate::io::Rewind;
+use crate::io::{Rewind, WriteStall};
 use crate::proxy_protocol::{self, ProxiedAddrs};
 use crate::shutdown::Shutdown;
 
@@ -216,12 +216,13 @@ async fn connection_addrs(
 /// hyper with upgrades, replaying the bytes already read. Later keep-alive requests must start
 /// and finish their heads within `keepalive_timeout` (hyper's header timer runs from the end of
 /// the previous response).
-async fn serve_http1<S>(mut io: S, conn: Arc<Conn>, deadline: Instant)
+async fn serve_http1<S>(io: S, conn: Arc<Conn>, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &conn.runtime.config.limits;
     let (max_header_bytes, keepalive_timeout) = (limits.max_header_bytes, limits.keepalive_timeout);
+    let mut io = WriteStall::new(io, limits.idle_timeout);
     let shutdown = conn.gateway.shutdown.clone();
     let read = tokio::select! {
         read = head::read_head(&mut io, max_header_bytes, deadline) => read,
@@ -285,6 +286,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let builder = h2_builder(&conn.runtime.config.limits);
+    let io = WriteStall::new(io, conn.runtime.config.limits.idle_timeout);
     let shutdown = conn.gateway.shutdown.clone();
     let service = service_fn(move |req| Arc::clone(&conn).handle(req));
     let connection = builder.serve_connection(TokioIo::new(io), service);

@@ -7,14 +7,17 @@
 
 mod support;
 
+mod churn;
 mod cli;
 mod demo;
 mod h2;
 mod handshake;
+mod hostile;
 mod negotiation;
 mod ops;
 mod pools;
 mod proxy_protocol;
+mod smuggling;
 mod tls;
 mod tunnel;
 mod upstream;
