@@ -81,7 +81,8 @@ fn head_len(buf: &[u8]) -> Result<Option<usize>, httparse::Error> {
 /// What hyper would refuse in a head httparse accepts, refused here so that the answer is the
 /// gateway's own 400 (text body, `Connection: close`, metric and log; SPEC §3): a target that
 /// is not a URI, `Transfer-Encoding` on HTTP/1.0 or without `chunked` last (RFC 9112 §6.3), and
-/// a `Content-Length` that is not a number or differs between lines (RFC 9112 §6.3 item 5).
+/// a `Content-Length` that is not a number or differs between lines (RFC 9112 §6.3 item 5), and
+/// both at once.
 /// These are also the ambiguities request smuggling is built from.
 fn check_framing(head: &[u8]) -> Result<(), Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -118,7 +119,9 @@ fn check_framing(head: &[u8]) -> Result<(), Reject> {
             }
         }
     }
-    if chunked_last == Some(false) {
+    // RFC 9112 §6.1: both framings at once "ought to be handled as an error" by a proxy; it is
+    // the classic CL.TE desync.
+    if chunked_last == Some(false) || (chunked_last.is_some() && length.is_some()) {
         return Err(Reject::MalformedHead);
     }
     Ok(())
@@ -198,6 +201,7 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET http:// HTTP/1.1\r\nHost: a\r\n\r\n",
         ];
         for head in bad {
