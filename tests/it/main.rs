@@ -10,6 +10,7 @@ mod support;
 mod cli;
 mod demo;
 mod h2;
+mod h2_limits;
 mod handshake;
 mod negotiation;
 mod ops;
