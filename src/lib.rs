@@ -5,6 +5,7 @@
 //! ```text
 //! listener   accept, PROXY header (proxy_protocol), admission (limits: 503/429), TLS (tls:
 //!            SNI cert, ALPN), the first HTTP/1 head (head: 431, timeout), then hyper h1 | h2
+//!            (h2_flood: control-frame flood guard under hyper; h2_watch: open streams, idle close)
 //!   -> gateway    hyper_front: one thin front per carrier turning its requests into
 //!                 dispatch:  the carrier-neutral step (route, §3 checks, subprotocol,
 //!                            upstream choice, upstream upgrade, checked 101) -> typed outcome
@@ -35,6 +36,8 @@ pub mod config;
 pub mod demo;
 mod error;
 mod gateway;
+mod h2_flood;
+mod h2_watch;
 mod handshake;
 mod head;
 mod io;

@@ -26,6 +26,7 @@ use crate::access::AccessRecord;
 use crate::config::Limits;
 use crate::error::{Carrier, Reject};
 use crate::gateway::{Conn, Gateway, ProxyBody};
+use crate::h2_watch::{Idle, OpenStreams};
 use crate::head::{self, HeadError};
 use crate::io::{Rewind, WriteStall};
 use crate::proxy_protocol::{self, ProxiedAddrs};
@@ -142,6 +143,7 @@ async fn serve_connection(
             sni: None,
             carrier: Carrier::H1,
             permit: Arc::new(permit),
+            streams: OpenStreams::default(),
         };
         return serve_http1(tcp, Arc::new(conn), deadline).await;
     };
@@ -173,6 +175,7 @@ async fn serve_connection(
         sni,
         carrier,
         permit: Arc::new(permit),
+        streams: OpenStreams::default(),
     });
     if h2 {
         serve_h2(stream, conn, deadline).await
@@ -263,6 +266,14 @@ const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
 /// bounded memory and pushes back on its own upstream only.
 const H2_MAX_SEND_BUF: usize = 64 * 1024;
 
+/// Streams a client may reset before the server took them, at any moment (h2's own default,
+/// named here because it is the rapid-reset defence).
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Streams the server may reset for the client's protocol errors on one connection (hyper's
+/// default, RUSTSEC-2024-0003).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// The h2 server settings every TLS listener offers. No keep-alive PINGs: each tunnel has its
 /// own `idle_timeout`, and WebSocket endpoints ping end to end.
 fn h2_builder(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
@@ -276,21 +287,72 @@ fn h2_builder(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecu
         // Each stream can be a tunnel with its own upstream connection (RFC 9113 §6.5.2).
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_send_buf_size(H2_MAX_SEND_BUF)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        // Also what bounds CONTINUATION: h2 answers a header block over 4x this, or more than
+        // 5 CONTINUATION frames at this size, with GOAWAY(ENHANCE_YOUR_CALM).
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // CVE-2023-44487: more streams than this reset by the client before they were served
+        // is GOAWAY(ENHANCE_YOUR_CALM); slower loops meet `h2_flood`'s RST_STREAM count.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+        // Streams the gateway had to reset for the client's errors, per connection.
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
     builder
 }
 
-/// h2 (ALPN `h2` on a TLS listener), with RFC 8441 extended CONNECT.
-async fn serve_h2<S>(io: S, conn: Arc<Conn>, _deadline: Instant)
+/// How long an idle h2 connection has, after its GOAWAY, to let a stream that raced it finish
+/// opening before it is closed anyway; a stream open after that keeps it up until it ends.
+const H2_GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// h2 (ALPN `h2` on a TLS listener), with RFC 8441 extended CONNECT. SPEC §6 "h2 limits": the
+/// first request's HEADERS must arrive by the handshake `deadline` (else the connection is
+/// dropped), a connection without open streams for `keepalive_timeout` is shut down (GOAWAY),
+/// and control-frame floods end it ([`crate::h2_flood`]).
+async fn serve_h2<S>(io: S, conn: Arc<Conn>, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let builder = h2_builder(&conn.runtime.config.limits);
     let io = WriteStall::new(io, conn.runtime.config.limits.idle_timeout);
+    let keepalive = conn.runtime.config.limits.keepalive_timeout;
     let shutdown = conn.gateway.shutdown.clone();
-    let service = service_fn(move |req| Arc::clone(&conn).handle(req));
+    let streams = conn.streams.clone();
+    let service = service_fn(move |req| {
+        // Counted from the stream's HEADERS until its response body has gone out (a tunnel
+        // holds its own guard, see `Conn::open_tunnel`).
+        let open = conn.streams.open();
+        let response = Arc::clone(&conn).handle(req);
+        async move {
+            let response = response.await?;
+            Ok::<_, Infallible>(response.map(|body| {
+                body.map_frame(move |frame| {
+                    let _open = &open;
+                    frame
+                })
+                .boxed()
+            }))
+        }
+    });
+    let io = crate::h2_flood::FloodGuard::new(io);
     let connection = builder.serve_connection(TokioIo::new(io), service);
-    serve_until_drained(connection, &shutdown).await;
+    tokio::pin!(connection);
+    let why = tokio::select! {
+        result = connection.as_mut() => return log_connection_end(result),
+        () = shutdown.draining() => {
+            connection.as_mut().graceful_shutdown();
+            return log_connection_end(connection.await);
+        }
+        why = streams.idle(deadline, keepalive) => why,
+    };
+    if why == Idle::NoRequest {
+        return tracing::debug!("closing h2 connection: no request within the handshake budget");
+    }
+    tracing::debug!("closing h2 connection: no open stream for keepalive_timeout");
+    connection.as_mut().graceful_shutdown();
+    tokio::select! {
+        result = connection.as_mut() => log_connection_end(result),
+        _ = streams.idle(Instant::now(), H2_GOAWAY_GRACE) => {
+            tracing::debug!("h2 connection not closed by the client after GOAWAY");
+        }
+    }
 }
 
 /// A hyper server connection that a drain can ask to finish gracefully (hyper has no common

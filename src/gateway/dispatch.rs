@@ -16,6 +16,7 @@ use crate::access::AccessRecord;
 use crate::error::{Reject, UpstreamFault};
 use crate::handshake::{self, ForwardInfo, Upgrade};
 use crate::io;
+use crate::limits::ConnPermit;
 use crate::tunnel::Leg;
 use crate::upstream::{Answer, ServerLease};
 
@@ -39,6 +40,9 @@ pub(crate) struct Switched {
     pub(crate) upstream: Leg,
     /// The server's share of the tunnel, held while it runs.
     pub(crate) lease: ServerLease,
+    /// An RFC 8441 tunnel stream's own connection slot (SPEC §6 "h2 limits"), held while it
+    /// runs; `None` on HTTP/1.1, where the connection's permit is the tunnel's.
+    pub(crate) stream_permit: Option<ConnPermit>,
 }
 
 impl Conn {
@@ -80,6 +84,15 @@ impl Conn {
             tls: self.tls,
             host: &host,
         };
+        // SPEC §6 "h2 limits": a tunnel stream counts like a connection (and against the rate),
+        // admitted before anything is dialed; a refusal answers this stream only.
+        let stream_permit = if carrier.extended_connect() {
+            let limits = &self.runtime.config.limits;
+            let now = std::time::Instant::now();
+            Some(self.gateway.limiter.admit(self.client.ip(), limits, now)?)
+        } else {
+            None
+        };
         let request = upgrade.upstream_request(parts, &fwd);
         let pool = self
             .runtime
@@ -100,6 +113,7 @@ impl Conn {
             response: upgrade.client_success(&head, carrier),
             upstream: io::upstream_leg(upstream),
             lease,
+            stream_permit,
         }))
     }
 

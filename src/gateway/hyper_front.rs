@@ -59,7 +59,8 @@ impl Conn {
                 match parts.extensions.remove::<OnUpgrade>() {
                     Some(client) => {
                         let client = client_leg(client, self.carrier.extended_connect());
-                        self.open_tunnel(client, switched.upstream, switched.lease, &rec);
+                        let (up, lease) = (switched.upstream, switched.lease);
+                        self.open_tunnel(client, up, lease, switched.stream_permit, &rec);
                     }
                     None => tracing::error!("upgrade request without hyper's upgrade handle"),
                 }

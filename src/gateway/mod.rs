@@ -22,6 +22,7 @@ use http_body_util::combinators::BoxBody;
 
 use crate::config::Config;
 use crate::error::Carrier;
+use crate::h2_watch::OpenStreams;
 use crate::limits::{ConnLimiter, ConnPermit};
 use crate::metrics::Metrics;
 use crate::proxy_protocol::ProxiedAddrs;
@@ -118,6 +119,8 @@ pub(crate) struct Conn {
     pub(crate) carrier: Carrier,
     /// Shared with the tunnels this connection opens, so the connection slot lives as long as they do.
     pub(crate) permit: Arc<ConnPermit>,
+    /// The connection's open streams (its tunnels too): when it has none, h2 closes it.
+    pub(crate) streams: OpenStreams,
 }
 
 impl Conn {

@@ -9,17 +9,20 @@ use tracing::Instrument;
 
 use super::Conn;
 use crate::access::AccessRecord;
+use crate::limits::ConnPermit;
 use crate::tunnel::{self, Leg, TunnelConfig};
 use crate::upstream::ServerLease;
 
 impl Conn {
     /// Spawns the tunnel between `client` (resolving once the front has written our 101/200
     /// and handed over its stream; `None` when the client went away first) and `upstream`.
+    /// `stream_permit`: an h2 tunnel stream's own connection slot.
     pub(super) fn open_tunnel<F>(
         &self,
         client: F,
         upstream: Leg,
         lease: ServerLease,
+        stream_permit: Option<ConnPermit>,
         rec: &AccessRecord,
     ) where
         F: Future<Output = Option<Leg>> + Send + 'static,
@@ -27,6 +30,8 @@ impl Conn {
         let mut rec = rec.clone();
         let gateway = Arc::clone(&self.gateway);
         let permit = Arc::clone(&self.permit);
+        // An open tunnel keeps its h2 connection from being closed as idle.
+        let open = self.streams.open();
         let tracked = gateway.shutdown.track();
         let active = gateway
             .metrics
@@ -47,7 +52,7 @@ impl Conn {
             // exits before the tunnel is logged; the rest is released before it, so the event
             // says the connection slot and metrics are already updated.
             let _tracked = tracked;
-            let held = (permit, active, lease);
+            let held = (permit, stream_permit, open, active, lease);
             let Some(client) = client.await else {
                 return;
             };

@@ -11,6 +11,7 @@ mod churn;
 mod cli;
 mod demo;
 mod h2;
+mod h2_limits;
 mod handshake;
 mod hostile;
 mod negotiation;

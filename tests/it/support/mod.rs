@@ -18,12 +18,14 @@
 //! - [`net`]: addresses that refuse or stall connects
 //! - [`tls`]: dev certificates, rustls client/server configs, `wss` clients
 //! - [`h2_client`]: the RFC 8441 client over the `h2` crate
+//! - [`h2_frames`]: raw h2 frames over TLS, for floods and silence the `h2` crate would not send
 
 pub mod client;
 pub mod config;
 pub mod frames;
 pub mod gateway;
 pub mod h2_client;
+pub mod h2_frames;
 pub mod heads;
 pub mod net;
 pub mod raw_upstream;
