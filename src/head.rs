@@ -49,15 +49,10 @@ where
             if start > 0 && buf.len() <= max_bytes && !buf[start..].contains(&b'\n') {
                 continue;
             }
-            match head_len(&buf) {
-                Ok(Some(len)) if len <= max_bytes => {
-                    return check_framing(&buf[..len]).map_err(HeadError::Reject);
-                }
-                Ok(None) if buf.len() <= max_bytes => continue,
-                Ok(_) | Err(httparse::Error::TooManyHeaders) => {
-                    return Err(HeadError::Reject(Reject::HeadTooLarge { limit: max_bytes }));
-                }
-                Err(_) => return Err(HeadError::Reject(Reject::MalformedHead)),
+            match check_buffered(&buf, max_bytes) {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => continue,
+                Err(reject) => return Err(HeadError::Reject(reject)),
             }
         }
     };
@@ -65,6 +60,32 @@ where
         Ok(Ok(())) => Ok(buf),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HeadError::Closed),
+    }
+}
+
+/// How the body of a checked request is delimited (RFC 9112 §6.3), for the keep-alive gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// `Content-Length` (0 without a body).
+    Length(u64),
+    Chunked,
+    /// The request asks for an upgrade (or is a CONNECT): what follows may be another protocol.
+    Upgrade,
+}
+
+/// The complete head at the start of `buf`, checked: its length and body framing, `None` while
+/// it is incomplete and within `max_bytes`, or the refusal (431 over the limit or 256 lines,
+/// 400 malformed or ambiguous framing).
+pub(crate) fn check_buffered(
+    buf: &[u8],
+    max_bytes: usize,
+) -> Result<Option<(usize, Framing)>, Reject> {
+    let too_large = Reject::HeadTooLarge { limit: max_bytes };
+    match head_len(buf) {
+        Ok(Some(len)) if len <= max_bytes => Ok(Some((len, check_framing(&buf[..len])?))),
+        Ok(None) if buf.len() <= max_bytes => Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => Err(too_large),
+        Err(_) => Err(Reject::MalformedHead),
     }
 }
 
@@ -84,7 +105,7 @@ fn head_len(buf: &[u8]) -> Result<Option<usize>, httparse::Error> {
 /// a `Content-Length` that is not a number or differs between lines (RFC 9112 §6.3 item 5), and
 /// both at once.
 /// These are also the ambiguities request smuggling is built from.
-fn check_framing(head: &[u8]) -> Result<(), Reject> {
+fn check_framing(head: &[u8]) -> Result<Framing, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -95,10 +116,13 @@ fn check_framing(head: &[u8]) -> Result<(), Reject> {
         return Err(Reject::MalformedHead);
     }
     let http10 = req.version == Some(0);
+    let mut upgrade = req.method == Some("CONNECT");
     let mut length: Option<u64> = None;
     let mut chunked_last = None;
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             if http10 {
                 return Err(Reject::MalformedHead);
             }
@@ -124,7 +148,13 @@ fn check_framing(head: &[u8]) -> Result<(), Reject> {
     if chunked_last == Some(false) || (chunked_last.is_some() && length.is_some()) {
         return Err(Reject::MalformedHead);
     }
-    Ok(())
+    Ok(if upgrade {
+        Framing::Upgrade
+    } else if chunked_last.is_some() {
+        Framing::Chunked
+    } else {
+        Framing::Length(length.unwrap_or(0))
+    })
 }
 
 #[cfg(test)]

@@ -1,91 +1,31 @@
 //! Stream types shared by the listener, the upstream connector and the gateway, and the
 //! adapters that turn hyper's upgraded connections into tunnel legs.
 //!
-//! [`Rewind`] replays bytes that were read before hyper took over the connection (the request head
-//! read by `head::read_head`), so no client byte is ever lost. [`UpstreamStream`] is plain TCP or
-//! TLS towards an upstream, as one concrete type, so that the tunnel can get the plain socket back.
+//! [`UpstreamStream`] is plain TCP or TLS towards an upstream, as one concrete type, so that the
+//! tunnel can get the plain socket back. (The client side's replay of bytes read before hyper
+//! took over is `h1_gate::RequestGate`.)
 //!
 //! [`h1_client_leg`], [`h2_client_leg`] and [`upstream_leg`] recover what hyper's type-erased
 //! `Upgraded` wraps (`Upgraded::downcast`): a plain `TcpStream` becomes [`Leg::Tcp`], anything
-//! else a stream leg, and every byte hyper or `Rewind` read past a head becomes the leg's early
+//! else a stream leg, and every byte hyper or the gate read past a head becomes the leg's early
 //! bytes, in the order it arrived. They live here so that `tunnel` knows nothing of hyper.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hyper::upgrade::{Parts, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream as ServerTlsStream;
 
+use crate::h1_gate::RequestGate;
 use crate::tunnel::Leg;
 
 mod stall;
 pub(crate) use stall::WriteStall;
-
-/// A stream that yields `prefix` before reading from `inner`.
-#[derive(Debug)]
-pub(crate) struct Rewind<T> {
-    prefix: Bytes,
-    inner: T,
-}
-
-impl<T> Rewind<T> {
-    /// Wraps `inner`; `prefix` is read first.
-    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
-        Rewind { prefix, inner }
-    }
-
-    /// The bytes not yet replayed, and the inner stream.
-    pub(crate) fn into_parts(self) -> (Bytes, T) {
-        (self.prefix, self.inner)
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
 
 /// A connection to an upstream server: plain TCP, or TLS when the upstream has `tls = true`.
 #[derive(Debug)]
@@ -142,14 +82,14 @@ impl AsyncWrite for UpstreamStream {
 /// `idle_timeout`). Any other type stays the `Upgraded` itself, which still replays
 /// its own read buffer, so no early byte is lost either way.
 pub(crate) fn h1_client_leg(upgraded: Upgraded) -> Leg {
-    let upgraded = match upgraded.downcast::<TokioIo<Rewind<WriteStall<TcpStream>>>>() {
+    let upgraded = match upgraded.downcast::<TokioIo<RequestGate<WriteStall<TcpStream>>>>() {
         Ok(parts) => {
             let (stream, early) = rewound(parts);
             return Leg::tcp(stream, early);
         }
         Err(upgraded) => upgraded,
     };
-    match upgraded.downcast::<TokioIo<Rewind<WriteStall<ServerTlsStream<TcpStream>>>>>() {
+    match upgraded.downcast::<TokioIo<RequestGate<WriteStall<ServerTlsStream<TcpStream>>>>>() {
         Ok(parts) => {
             let (stream, early) = rewound(parts);
             Leg::stream(stream, early)
@@ -184,7 +124,7 @@ pub(crate) fn upstream_leg(upgraded: Upgraded) -> Leg {
 /// A downcast h1 server connection: its stream, and the bytes read past the head. hyper filled
 /// `read_buf` by reading from the `Rewind`, which replays its prefix first, so `read_buf` came
 /// first on the wire and the prefix the `Rewind` has not replayed yet follows it.
-fn rewound<S>(parts: Parts<TokioIo<Rewind<WriteStall<S>>>>) -> (S, Bytes) {
+fn rewound<S>(parts: Parts<TokioIo<RequestGate<WriteStall<S>>>>) -> (S, Bytes) {
     let (unread, stream) = parts.io.into_inner().into_parts();
     (stream.into_inner(), concat(parts.read_buf, unread))
 }
@@ -312,7 +252,12 @@ mod tests {
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(
-                TokioIo::new(Rewind::new(prefix, WriteStall::new(io, Some(LIMIT)))),
+                TokioIo::new(RequestGate::new(
+                    WriteStall::new(io, Some(LIMIT)),
+                    BytesMut::from(&prefix[..]),
+                    16 * 1024,
+                    Default::default(),
+                )),
                 service,
             )
             .with_upgrades();
@@ -347,7 +292,7 @@ mod tests {
         timeout(LIMIT, async {
             let (upgraded, early, _client) = plain_h1_upgrade(20_000).await;
             let parts = upgraded
-                .downcast::<TokioIo<Rewind<WriteStall<TcpStream>>>>()
+                .downcast::<TokioIo<RequestGate<WriteStall<TcpStream>>>>()
                 .expect("plain h1 downcasts");
             let (unread, _) = parts.io.into_inner().into_parts();
             assert!(!parts.read_buf.is_empty(), "hyper buffered no early byte");
@@ -568,26 +513,5 @@ mod tests {
         })
         .await
         .unwrap();
-    }
-
-    #[tokio::test]
-    async fn rewind_yields_prefix_then_stream() {
-        let (mut a, b) = tokio::io::duplex(64);
-        a.write_all(b" world").await.unwrap();
-        drop(a);
-        let mut r = Rewind::new(Bytes::from_static(b"hello"), b);
-        let mut out = String::new();
-        r.read_to_string(&mut out).await.unwrap();
-        assert_eq!(out, "hello world");
-    }
-
-    #[tokio::test]
-    async fn rewind_into_parts_hands_back_what_was_not_replayed() {
-        let (_a, b) = tokio::io::duplex(64);
-        let mut r = Rewind::new(Bytes::from_static(b"hello"), b);
-        let mut first = [0u8; 2];
-        r.read_exact(&mut first).await.unwrap();
-        let (rest, _inner) = r.into_parts();
-        assert_eq!((&first, &rest[..]), (b"he", &b"llo"[..]));
     }
 }

@@ -36,6 +36,7 @@ pub mod config;
 pub mod demo;
 mod error;
 mod gateway;
+mod h1_gate;
 mod h2_flood;
 mod h2_watch;
 mod handshake;

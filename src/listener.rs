@@ -2,17 +2,17 @@
 //! HTTP/1.1 or h2. Each connection runs in its own task inside a span naming the client.
 
 use std::convert::Infallible;
-use std::future::Future;
+
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::Response;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,11 +26,11 @@ use crate::access::AccessRecord;
 use crate::config::Limits;
 use crate::error::{Carrier, Reject};
 use crate::gateway::{Conn, Gateway, ProxyBody};
+use crate::h1_gate::{Refusals, RequestGate};
 use crate::h2_watch::{Idle, OpenStreams};
 use crate::head::{self, HeadError};
-use crate::io::{Rewind, WriteStall};
+use crate::io::WriteStall;
 use crate::proxy_protocol::{self, ProxiedAddrs};
-use crate::shutdown::Shutdown;
 
 /// Binds `addr`; the error names the address and the OS error (exit code 1 in `main`). The
 /// listener carries the TCP options its accepted connections inherit ([`crate::sockopt`]).
@@ -216,9 +216,10 @@ async fn connection_addrs(
 }
 
 /// HTTP/1.1: our own read of the first head (exact 431, within the handshake `deadline`), then
-/// hyper with upgrades, replaying the bytes already read. Later keep-alive requests must start
-/// and finish their heads within `keepalive_timeout` (hyper's header timer runs from the end of
-/// the previous response).
+/// hyper with upgrades behind a [`RequestGate`], which replays the bytes already read and checks
+/// every later keep-alive head before hyper sees it; a refused one is answered by the gateway
+/// once hyper has finished the response in flight. Later heads must start and finish within
+/// `keepalive_timeout` (hyper's header timer runs from the end of the previous response).
 async fn serve_http1<S>(io: S, conn: Arc<Conn>, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -232,12 +233,13 @@ where
         () = shutdown.draining() => return,
     };
     let head = match read {
-        Ok(head) => head.freeze(),
+        Ok(head) => head,
         Err(HeadError::Closed) => return,
         Err(HeadError::Reject(reject)) => {
             return answer_and_close(io, &reject, &conn.gateway, conn.client).await;
         }
     };
+    let (gateway, client) = (Arc::clone(&conn.gateway), conn.client);
     let service = service_fn(move |req| Arc::clone(&conn).handle(req));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -245,10 +247,26 @@ where
         .header_read_timeout(keepalive_timeout)
         .max_buf_size((max_header_bytes + 4096).max(8192))
         .max_headers(head::MAX_HEADERS);
+    let refusals = Arc::new(Refusals::default());
+    let gate = RequestGate::new(io, head, max_header_bytes, Arc::clone(&refusals));
     let connection = builder
-        .serve_connection(TokioIo::new(Rewind::new(head, io)), service)
+        .serve_connection(TokioIo::new(gate), service)
         .with_upgrades();
-    serve_until_drained(connection, &shutdown).await;
+    tokio::pin!(connection);
+    // A drain lets the request in flight finish and closes after its response; so does a
+    // refused head, whose answer the gate writes as hyper closes.
+    let refused = tokio::select! {
+        result = connection.as_mut() => return log_connection_end(result),
+        () = shutdown.draining() => None,
+        reject = refusals.refused() => Some(reject),
+    };
+    if let Some(reject) = refused {
+        let status = reject.status().as_u16();
+        gateway.metrics.handshake(crate::metrics::NO_ROUTE, status);
+        AccessRecord::new(client, "HTTP/1.1").log_handshake(status);
+    }
+    connection.as_mut().graceful_shutdown();
+    log_connection_end(connection.await);
 }
 
 /// Initial per-stream receive window (RFC 9113 §6.9.2): what one tunnel's client may send ahead
@@ -355,52 +373,6 @@ where
     }
 }
 
-/// A hyper server connection that a drain can ask to finish gracefully (hyper has no common
-/// trait for its HTTP/1.1-with-upgrades and h2 connections).
-trait GracefulConnection: Future<Output = Result<(), hyper::Error>> {
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, B> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
-    }
-}
-
-impl<I, S, B, E> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http2::Connection::graceful_shutdown(self);
-    }
-}
-
-/// Serves `connection` to its end; once a drain begins, lets it finish its requests in flight
-/// and close (HTTP/1.1: after the current response; h2: GOAWAY, RFC 9113 §6.8).
-async fn serve_until_drained<C: GracefulConnection>(connection: C, shutdown: &Shutdown) {
-    tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => log_connection_end(result),
-        () = shutdown.draining() => {
-            connection.as_mut().graceful_shutdown();
-            log_connection_end(connection.await);
-        }
-    }
-}
-
 /// Refuses an h2 connection over a connection limit (SPEC §6): the first stream gets `reject`'s
 /// answer, then the connection is shut down gracefully (GOAWAY, RFC 9113 §6.8). The whole
 /// exchange is bounded by `deadline` (a client that sends no request is dropped after it).
@@ -492,8 +464,8 @@ where
     .await;
 }
 
-/// An HTTP/1.1 response as bytes, for answers written before hyper owns the connection.
-fn serialize(response: &http::Response<Bytes>) -> Bytes {
+/// An HTTP/1.1 response as bytes, for answers written outside hyper.
+pub(crate) fn serialize(response: &http::Response<Bytes>) -> Bytes {
     let mut out = BytesMut::with_capacity(256 + response.body().len());
     let status = response.status();
     out.put_slice(

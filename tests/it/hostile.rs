@@ -874,3 +874,66 @@ async fn client_that_never_reads_a_relayed_answer_is_cut_off() {
     })
     .await;
 }
+
+/// SPEC §3 "on the first request of a connection and on later keep-alive requests alike": after
+/// a good ordinary request on a kept-alive connection, a malformed or oversized head gets the
+/// gateway's own answer (status, `Connection: close`, text body), never hyper's bare one, and a
+/// body that looks like a request head is forwarded as body, not served as a request.
+#[tokio::test]
+async fn later_keep_alive_heads_get_the_gateways_own_answers() {
+    bounded("later_keep_alive_heads_get_the_gateways_own_answers", async {
+        // One answer per upstream connection, so none is pooled for the next client.
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+        let web = RawUpstream::start(answer(ok)).await;
+        let gw = ConfigBuilder::new()
+            .limit("max_header_bytes", "4096")
+            .upstream("web", &[web.addr()])
+            .route(Route::new("/web").http("web"))
+            .start()
+            .await;
+        let host = gw.addr().to_string();
+        let first = format!("GET /web HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let big = "x".repeat(5000);
+        let rows: [(&str, String, u16); 5] = [
+            ("two Content-Lengths", format!("GET /web HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), 400),
+            ("CL and TE", format!("POST /web HTTP/1.1\r\nHost: {host}\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
+            ("TE on HTTP/1.0", format!("POST /web HTTP/1.0\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n"), 400),
+            ("garbage", "\x16\x03\x01 nonsense\r\n\r\n".to_owned(), 400),
+            ("over max_header_bytes", format!("GET /web HTTP/1.1\r\nHost: {host}\r\nX: {big}\r\n\r\n"), 431),
+        ];
+        for (name, second, status) in rows {
+            let mut c = Client::connect(gw.addr()).await;
+            c.send(first.as_bytes()).await.expect("first request");
+            let (head, body) = c.read_response().await;
+            assert_eq!(head.status, 200, "{name}: first request");
+            assert_eq!(body, b"ok");
+            c.send(second.as_bytes()).await.expect("second request");
+            let (head, body) = expect_failure(&mut c, status, name).await;
+            assert!(
+                head.headers.get("content-type").is_some_and(|v| v.starts_with("text/plain")),
+                "{name}: not the gateway's own answer: {head:?}"
+            );
+            assert!(!body.is_empty(), "{name}: empty body");
+            let (_, closed) = c.read_to_eof(IO_TIMEOUT).await;
+            assert!(closed, "{name}: connection not closed after the answer");
+        }
+        // A body shaped like a request head is the first request's body.
+        let smuggle = format!(
+            "POST /web HTTP/1.1\r\nHost: {host}\r\nContent-Length: 38\r\n\r\nGET /other HTTP/1.1\r\nHost: evil\r\n\r\n"
+        );
+        let mut c = Client::connect(gw.addr()).await;
+        c.send(smuggle.as_bytes()).await.expect("request");
+        let (head, _) = c.read_response().await;
+        assert_eq!(head.status, 200);
+        let conn = web.conn(web.conns().len() - 1, IO_TIMEOUT).await;
+        let seen = lossy(&conn.received());
+        assert!(
+            seen.starts_with("POST /web HTTP/1.1\r\n")
+                && seen.ends_with("\r\n\r\nGET /other HTTP/1.1\r\nHost: evil\r\n\r\n"),
+            "not forwarded as one request with its body: {seen:?}"
+        );
+        let (more, _) = c.read_to_eof(Duration::from_millis(300)).await;
+        assert!(more.is_empty(), "a second answer: {:?}", lossy(&more));
+    })
+    .await;
+}
