@@ -292,11 +292,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for RequestGate<S> {
                 State::Refused => return Poll::Pending,
                 State::Head => {
                     this.check_head();
-                    if matches!(this.state, State::Head) {
-                        if ready!(this.fill(cx))? == 0 {
-                            // End of stream; a partial head is closed without a word.
-                            return Poll::Ready(Ok(()));
-                        }
+                    // End of stream; a partial head is closed without a word.
+                    if matches!(this.state, State::Head) && ready!(this.fill(cx))? == 0 {
+                        return Poll::Ready(Ok(()));
                     }
                     continue;
                 }
