@@ -22,7 +22,7 @@
 
 mod client;
 mod key;
-mod tokens;
+pub(crate) mod tokens;
 mod upstream;
 
 pub(crate) use client::{
