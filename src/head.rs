@@ -272,4 +272,95 @@ mod tests {
             "{r:?}"
         );
     }
+
+    use proptest::prelude::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Hands out one chunk per read (split if the read buffer is smaller), then EOF: read
+    /// boundaries chosen by the test, which a duplex would coalesce.
+    struct Chunked(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Some(mut chunk) = self.0.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    self.0.push_front(chunk.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// `input` cut at `cuts` (sorted, deduplicated, inside it), read with a `max` limit.
+    fn read_chunked(input: &[u8], cuts: &[usize], max: usize) -> Result<BytesMut, HeadError> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut chunks = std::collections::VecDeque::new();
+        let mut start = 0;
+        for end in at.into_iter().chain([input.len()]) {
+            if end > start {
+                chunks.push_back(input[start..end].to_vec());
+                start = end;
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(read_head(&mut Chunked(chunks), max, in_ms(60_000)))
+    }
+
+    proptest! {
+        /// A valid head with early bytes, however the reads cut it: found, nothing lost, and the
+        /// returned bytes are the stream's prefix from the head's start.
+        #[test]
+        fn head_is_found_whatever_the_reads(
+            lines in proptest::collection::vec(("[A-Za-z-]{1,10}", "[ -~]{0,30}"), 0..12),
+            early in proptest::collection::vec(any::<u8>(), 0..64),
+            cuts in proptest::collection::vec(any::<usize>(), 0..24),
+        ) {
+            let mut head = b"GET /ws HTTP/1.1\r\n".to_vec();
+            for (n, v) in &lines {
+                head.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+            let mut input = head.clone();
+            input.extend_from_slice(&early);
+            let got = read_chunked(&input, &cuts, 8192).unwrap();
+            prop_assert!(got.len() >= head.len());
+            prop_assert_eq!(&got[..], &input[..got.len()]);
+            prop_assert_eq!(head_len(&got), Ok(Some(head.len())));
+        }
+
+        /// Any bytes, any reads, any limit: a typed answer consistent with httparse on the
+        /// whole input — never a head that is not one, never EOF past a complete head.
+        #[test]
+        fn arbitrary_bytes_give_typed_answers(
+            input in proptest::collection::vec(any::<u8>(), 0..300),
+            cuts in proptest::collection::vec(any::<usize>(), 0..16),
+            max in 16usize..400,
+        ) {
+            match read_chunked(&input, &cuts, max) {
+                Ok(buf) => {
+                    prop_assert_eq!(&buf[..], &input[..buf.len()]);
+                    prop_assert!(matches!(head_len(&buf), Ok(Some(n)) if n <= max));
+                }
+                Err(HeadError::Reject(r)) => {
+                    prop_assert!(matches!(r.status().as_u16(), 400 | 431), "{r:?}");
+                }
+                Err(HeadError::Closed) => {
+                    prop_assert!(input.len() <= max);
+                    prop_assert!(!matches!(head_len(&input), Ok(Some(_))));
+                }
+            }
+        }
+    }
 }

@@ -35,6 +35,10 @@ pub mod certs;
 pub mod config;
 pub mod demo;
 mod error;
+/// Thin wrappers that let `fuzz/` drive the crate-private parsers; only with feature `fuzzing`.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod h1_gate;
 mod h2_flood;

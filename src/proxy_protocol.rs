@@ -121,7 +121,14 @@ fn parse_v2(buf: &[u8]) -> Result<Parse, ProxyError> {
 
 fn parse_v1(buf: &[u8]) -> Result<Parse, ProxyError> {
     use ppp::v1::Addresses;
-    let complete_line = buf.contains(&b'\r');
+    let line_end = buf.iter().position(|b| *b == b'\r');
+    // §2.1: the line ends in CRLF. `ppp` splits on CR like on a space, so it takes a line ending
+    // in " \n" as complete: the header's end would depend on where a read stopped (found by
+    // fuzzing). A bare LF is never part of a v1 line.
+    if buf[..line_end.unwrap_or(buf.len())].contains(&b'\n') {
+        return Err(ProxyError::Invalid("v1: LF before the CRLF".into()));
+    }
+    let complete_line = line_end.is_some();
     // `ppp` reads a trailing space as an empty (invalid) field; while the line is incomplete that
     // space only means the next field has not arrived yet.
     let probe = match buf.strip_suffix(b" ") {
@@ -146,17 +153,28 @@ fn parse_v1(buf: &[u8]) -> Result<Parse, ProxyError> {
                 addrs,
             }))
         }
-        Err(e) if e.is_incomplete() => {
-            let at_least = v1_min_remaining(buf);
-            if buf.len() + at_least > V1_MAX_LEN {
-                return Err(ProxyError::Invalid(format!(
-                    "v1: no CRLF within {V1_MAX_LEN} bytes"
-                )));
-            }
-            Ok(Parse::Incomplete { at_least })
+        // A read may stop inside a multi-byte UTF-8 character of an `UNKNOWN` line's ignored
+        // text; `ppp` calls that invalid UTF-8, yet the next bytes may complete it (found by
+        // fuzzing: the header was refused or not depending on where reads stopped).
+        Err(ppp::v1::BinaryParseError::InvalidUtf8(u))
+            if !complete_line && u.error_len().is_none() =>
+        {
+            incomplete_v1(buf)
         }
+        Err(e) if e.is_incomplete() => incomplete_v1(buf),
         Err(e) => Err(ProxyError::Invalid(format!("v1: {e}"))),
     }
+}
+
+/// An incomplete v1 line: how much more it needs, unless it can no longer fit.
+fn incomplete_v1(buf: &[u8]) -> Result<Parse, ProxyError> {
+    let at_least = v1_min_remaining(buf);
+    if buf.len() + at_least > V1_MAX_LEN {
+        return Err(ProxyError::Invalid(format!(
+            "v1: no CRLF within {V1_MAX_LEN} bytes"
+        )));
+    }
+    Ok(Parse::Incomplete { at_least })
 }
 
 /// A lower bound on the bytes an incomplete v1 line still needs: a TCP4/TCP6 line still lacks its
@@ -531,5 +549,94 @@ mod tests {
         drop(client);
         let err = read_header(&mut server, soon(5000)).await.unwrap_err();
         assert!(matches!(err, ProxyError::Io(_)), "{err}");
+    }
+
+    #[test]
+    fn v1_bare_lf_is_invalid() {
+        // Found by fuzzing: `ppp` took " \n" for the line's end, so the header ended at the LF
+        // when a read stopped there and at the next CRLF otherwise.
+        assert!(invalid(b"PROXY UNKNOWN \n"));
+        assert!(invalid(b"PROXY UNKNOWN \n PROXY TCP4\r\n"));
+        assert!(invalid(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \n"));
+        assert!(invalid(b"PROXY TCP4 1.2.3.4\n"));
+        assert_eq!(complete(b"PROXY UNKNOWN\r\n\n").len, 15);
+    }
+
+    #[test]
+    fn v1_unknown_text_split_inside_a_utf8_character_is_incomplete() {
+        // Found by fuzzing: a read stopping between the two bytes of "Ɲ" made the line invalid.
+        let line = "PROXY UNKNOWN \u{19d}x\r\n".as_bytes();
+        assert!(matches!(parse(&line[..15]), Ok(Parse::Incomplete { .. })));
+        assert_eq!(reads_needed(line), 3);
+        assert!(invalid(b"PROXY UNKNOWN \xff"));
+        assert!(invalid(b"PROXY UNKNOWN \xc6\r\n"));
+    }
+
+    use proptest::prelude::*;
+
+    /// `read_header`'s loop over `input`: ask `at_least` more each time; the last parse, and
+    /// how many bytes it saw.
+    fn drive(input: &[u8]) -> (Result<Parse, String>, usize) {
+        let mut have = 0;
+        loop {
+            match parse(&input[..have]) {
+                Ok(Parse::Incomplete { at_least }) if have + at_least <= input.len() => {
+                    have += at_least;
+                }
+                other => return (other.map_err(|e| e.to_string()), have),
+            }
+        }
+    }
+
+    fn canonical(a: SocketAddr) -> (IpAddr, u16) {
+        (a.ip().to_canonical(), a.port())
+    }
+
+    proptest! {
+        /// `encode` -> `parse` names the same two addresses (an IPv4-mapped one as IPv4), for
+        /// v1 and v2, and the incremental reads stop exactly at the header's end even with bytes
+        /// after it.
+        #[test]
+        fn encode_parse_round_trip(
+            source in any::<SocketAddr>(),
+            destination in any::<SocketAddr>(),
+            v2 in any::<bool>(),
+            after in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let version = if v2 { ProxyVersion::V2 } else { ProxyVersion::V1 };
+            let mut bytes = encode(version, ProxiedAddrs { source, destination }).unwrap();
+            let len = bytes.len();
+            bytes.extend_from_slice(&after);
+            let h = complete(&bytes);
+            prop_assert_eq!(h.len, len);
+            let got = h.addrs.unwrap();
+            prop_assert_eq!(canonical(got.source), canonical(source));
+            prop_assert_eq!(canonical(got.destination), canonical(destination));
+            prop_assert_eq!(drive(&bytes), (Ok(Parse::Complete(h)), len));
+        }
+
+        /// Any bytes: a typed answer; a complete header is self-contained; the incremental reads
+        /// find a header exactly when the whole input starts with one, at its end.
+        #[test]
+        fn arbitrary_bytes_give_typed_answers(
+            prefix in prop_oneof![Just(&b""[..]), Just(&b"PROXY "[..]), Just(SIG)],
+            rest in proptest::collection::vec(any::<u8>(), 0..120),
+        ) {
+            let mut input = prefix.to_vec();
+            input.extend_from_slice(&rest);
+            let whole = parse(&input);
+            match &whole {
+                Ok(Parse::Complete(h)) => {
+                    prop_assert!(h.len <= input.len());
+                    prop_assert_eq!(parse(&input[..h.len]).unwrap(), Parse::Complete(*h));
+                    prop_assert_eq!(drive(&input), (Ok(Parse::Complete(*h)), h.len));
+                }
+                Ok(Parse::Incomplete { at_least }) => prop_assert!(*at_least >= 1),
+                Err(e) => prop_assert!(matches!(e, ProxyError::Invalid(_))),
+            }
+            if let (Ok(Parse::Complete(h)), have) = drive(&input) {
+                prop_assert_eq!(h.len, have);
+            }
+        }
     }
 }

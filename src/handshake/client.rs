@@ -510,4 +510,87 @@ mod tests {
         );
         assert_eq!(all(&res, "x-up"), ["1"]);
     }
+
+    use proptest::prelude::*;
+
+    /// RFC 6455 §4.1 read straight from the lines: the offered elements, whether the list is
+    /// malformed (a non-token or a repeat), and the pick by client and by server order.
+    fn expected(lines: &[String], mapped: &[&str]) -> (bool, Option<String>, Option<String>) {
+        let offered: Vec<&str> = lines
+            .iter()
+            .flat_map(|l| l.split(','))
+            .map(|e| e.trim_matches([' ', '\t']))
+            .filter(|e| !e.is_empty())
+            .collect();
+        let mut seen = HashSet::new();
+        let bad = offered.iter().any(|e| {
+            !e.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                || !seen.insert(*e)
+        });
+        let by_client = offered
+            .iter()
+            .find(|o| mapped.contains(o))
+            .map(|s| s.to_string());
+        let by_server = mapped
+            .iter()
+            .find(|m| offered.contains(m))
+            .map(|s| s.to_string());
+        (bad, by_client, by_server)
+    }
+
+    proptest! {
+        /// Lists made of mapped, unmapped, malformed and repeated names, over several lines:
+        /// `negotiate` answers exactly what RFC 6455 §4.1 and the route's selection order say.
+        #[test]
+        fn subprotocol_lists_follow_rfc6455(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just("chat.v2"), Just("mqtt"), Just("stomp"), Just("CHAT.V2"),
+                        Just("chat/v2"), Just("a b"), Just(""), Just(" mqtt\t"),
+                    ],
+                    0..5,
+                ).prop_map(|es| es.join(",")),
+                0..3,
+            ),
+        ) {
+            let (bad, by_client, by_server) = expected(&lines, &["chat.v2", "mqtt"]);
+            for (path, pick) in [("/ws", by_client), ("/srv", by_server)] {
+                let mut req = Req::ws(path).drop("Sec-WebSocket-Protocol");
+                for l in &lines {
+                    req = req.add("Sec-WebSocket-Protocol", l);
+                }
+                let (parts, _) = req.parts();
+                let got = negotiate(&parts, &std_route(path), &std_ws_config(), Carrier::H1);
+                match (&got, bad, &pick) {
+                    (Err(Reject::BadSubprotocolList(_)), true, _) => {}
+                    (Ok(n), false, Some(p)) => prop_assert_eq!(n.subprotocol.as_ref(), Some(p)),
+                    (Err(Reject::NoSubprotocolMatch { .. }), false, None) => {}
+                    _ => prop_assert!(false, "{path} {lines:?}: {got:?}"),
+                }
+            }
+        }
+
+        /// Any bytes as the list: a selection or one of the two subprotocol refusals, never
+        /// another answer and never a panic; with a fallback, never "no match".
+        #[test]
+        fn arbitrary_subprotocol_bytes_give_typed_answers(
+            value in proptest::collection::vec(any::<u8>(), 0..60),
+        ) {
+            let Ok(value) = HeaderValue::from_bytes(&value) else {
+                return Ok(());
+            };
+            for path in ["/ws", "/srv", "/fb"] {
+                let (mut parts, _) = Req::ws(path).parts();
+                parts.headers.insert(SEC_WEBSOCKET_PROTOCOL, value.clone());
+                match negotiate(&parts, &std_route(path), &std_ws_config(), Carrier::H1) {
+                    Ok(n) => prop_assert!(n.subprotocol.is_some() || path == "/fb"),
+                    Err(Reject::BadSubprotocolList(_)) => {}
+                    Err(Reject::NoSubprotocolMatch { .. }) => prop_assert_ne!(path, "/fb"),
+                    Err(e) => prop_assert!(false, "{path}: {e:?}"),
+                }
+            }
+        }
+    }
 }

@@ -25,8 +25,8 @@
 
 mod client;
 mod key;
-mod target;
-mod tokens;
+pub(crate) mod target;
+pub(crate) mod tokens;
 mod upstream;
 
 pub(crate) use client::{

@@ -193,4 +193,73 @@ mod tests {
             assert!(!hop.contains(&HeaderName::from_static(name)), "{name}");
         }
     }
+
+    use proptest::prelude::*;
+
+    /// RFC 9110 tokens, short.
+    const TOKEN: &str = "[!#$%&'*+.^_`|~0-9A-Za-z-]{1,12}";
+
+    proptest! {
+        /// A list joined with commas and any OWS, spread over any number of lines, splits back
+        /// into the same elements; `lists_token` finds exactly its elements, in any case.
+        #[test]
+        fn join_then_split_round_trips(
+            tokens in proptest::collection::vec(TOKEN, 0..10),
+            cuts in proptest::collection::vec(any::<bool>(), 10),
+            ows in proptest::collection::vec("[ \t]{0,2}", 20),
+            probe in TOKEN,
+        ) {
+            let mut h = HeaderMap::new();
+            let mut line = String::new();
+            for (i, t) in tokens.iter().enumerate() {
+                if i > 0 && cuts[i] {
+                    h.append("x", http::HeaderValue::from_str(&line).unwrap());
+                    line.clear();
+                } else if i > 0 {
+                    line.push(',');
+                }
+                line.push_str(&ows[2 * i]);
+                line.push_str(t);
+                line.push_str(&ows[2 * i + 1]);
+            }
+            h.append("x", http::HeaderValue::from_str(&line).unwrap());
+            let got: Vec<&[u8]> = elements(&h, "x").collect();
+            let want: Vec<&[u8]> = tokens.iter().map(|t| t.as_bytes()).collect();
+            prop_assert_eq!(&got, &want);
+            for t in &tokens {
+                prop_assert!(lists_token(&h, "x", &t.to_ascii_uppercase()));
+                prop_assert!(is_token(t.as_bytes()));
+                prop_assert_eq!(protocol_name(t.as_bytes()), Some(t.as_bytes()));
+            }
+            let listed = tokens.iter().any(|t| t.eq_ignore_ascii_case(&probe));
+            prop_assert_eq!(lists_token(&h, "x", &probe), listed);
+        }
+
+        /// Any field value: elements are non-empty, comma-free and trimmed, and every helper
+        /// answers without panicking, consistently with the others.
+        #[test]
+        fn arbitrary_values_give_typed_answers(
+            lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..4),
+            probe in "[ -~]{0,10}",
+        ) {
+            let mut h = HeaderMap::new();
+            for l in &lines {
+                if let Ok(v) = http::HeaderValue::from_bytes(l) {
+                    h.append(CONNECTION, v);
+                }
+            }
+            let hop = HopByHop::of(&h);
+            for e in elements(&h, CONNECTION) {
+                prop_assert!(!e.is_empty() && !e.contains(&b','));
+                prop_assert_eq!(trim_ows(e), e);
+                if let Some(name) = protocol_name(e) {
+                    prop_assert!(is_token(name) && e.starts_with(name));
+                }
+                prop_assert!(!protocol_matches(e, &probe) || protocol_name(e).is_some());
+                if let Ok(name) = HeaderName::from_bytes(e) {
+                    prop_assert!(hop.contains(&name));
+                }
+            }
+        }
+    }
 }
