@@ -937,3 +937,43 @@ async fn later_keep_alive_heads_get_the_gateways_own_answers() {
     })
     .await;
 }
+
+/// `keepalive_timeout` on HTTP/1.1: after a response, a connection that sends nothing, or only
+/// part of its next head, is closed after the timeout (the gate holds a partial head back from
+/// hyper, whose header timer still runs from the end of the previous response).
+#[tokio::test]
+async fn idle_and_half_sent_keep_alive_connections_are_closed() {
+    bounded(
+        "idle_and_half_sent_keep_alive_connections_are_closed",
+        async {
+            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+            let web = RawUpstream::start(answer(ok)).await;
+            let gw = ConfigBuilder::new()
+                .limit("keepalive_timeout", "\"500ms\"")
+                .upstream("web", &[web.addr()])
+                .route(Route::new("/web").http("web"))
+                .start()
+                .await;
+            let host = gw.addr().to_string();
+            for partial in ["", "GET /web HTTP/1.1\r\nHost: "] {
+                let mut c = Client::connect(gw.addr()).await;
+                c.send(format!("GET /web HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+                    .await
+                    .expect("request");
+                let (head, _) = c.read_response().await;
+                assert_eq!(head.status, 200);
+                let answered = Instant::now();
+                c.send(partial.as_bytes()).await.expect("partial head");
+                let (data, closed) = c.read_to_eof(Duration::from_secs(5)).await;
+                let after = answered.elapsed();
+                assert!(closed, "{partial:?}: still open 5s after the response");
+                assert!(data.is_empty(), "{partial:?}: got {:?}", lossy(&data));
+                assert!(
+                    after >= Duration::from_millis(400),
+                    "{partial:?}: closed after {after:?}, before keepalive_timeout"
+                );
+            }
+        },
+    )
+    .await;
+}
