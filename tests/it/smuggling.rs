@@ -71,31 +71,6 @@ const REFUSALS: &[Refusal] = &[
     },
 ];
 
-/// The upstream got the request head and nothing after it, and its connection was closed.
-async fn assert_not_tunnelled(up: &RawUpstream, what: &str) {
-    let conn = up.conn(0, IO_TIMEOUT).await;
-    assert!(
-        conn.wait_eof(IO_TIMEOUT).await,
-        "{what}: the upstream connection is still open after a refused upgrade"
-    );
-    assert!(
-        conn.head().is_some(),
-        "{what}: the upstream never got the request head"
-    );
-    let leaked = conn.after_head();
-    assert!(
-        leaked.is_empty(),
-        "{what}: SMUGGLING: {} client bytes after the head reached the upstream: {:?}",
-        leaked.len(),
-        String::from_utf8_lossy(&leaked)
-    );
-    assert_eq!(
-        up.conns().len(),
-        1,
-        "{what}: more upstream connections than handshakes"
-    );
-}
-
 fn gateway_for(up: &RawUpstream) -> ConfigBuilder {
     ConfigBuilder::new()
         .upstream("app", &[up.addr()])

@@ -20,28 +20,6 @@ async fn one_upstream_gateway(up: &RawUpstream) -> Gateway {
         .await
 }
 
-/// After a failed upstream handshake the upstream connection must be closed and must have
-/// received nothing but the request head: not the bytes the client sent with its head, nor any
-/// sent after the answer.
-async fn assert_not_tunnelled(up: &RawUpstream, what: &str) {
-    let conn = up.conn(0, IO_TIMEOUT).await;
-    assert!(
-        conn.wait_eof(Duration::from_secs(2)).await,
-        "{what}: the gateway kept the upstream connection open after a failed upstream handshake"
-    );
-    assert!(
-        conn.head().is_some(),
-        "{what}: upstream never got the request head"
-    );
-    let leaked = conn.after_head();
-    assert!(
-        leaked.is_empty(),
-        "{what}: SMUGGLING: {} client bytes after the head reached the upstream: {:?}",
-        leaked.len(),
-        String::from_utf8_lossy(&leaked)
-    );
-}
-
 /// A non-101 (with keep-alive and a body) is relayed with `Connection: close`, body intact, then
 /// the client is closed; frame bytes sent with the head and after the answer never reach the
 /// upstream.

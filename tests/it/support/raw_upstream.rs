@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::IO_TIMEOUT;
 use super::frames::accept_key;
 use super::heads::{RequestHead, parse_request_head};
 use super::{find, lock};
@@ -423,4 +424,31 @@ impl Drop for RawUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The smuggling guard seen from the upstream (SPEC §4): after a refused or failed upgrade its
+/// only connection got the request head and nothing after it (no byte the client sent with or
+/// after its head), and was closed.
+pub async fn assert_not_tunnelled(up: &RawUpstream, what: &str) {
+    let conn = up.conn(0, IO_TIMEOUT).await;
+    assert!(
+        conn.wait_eof(IO_TIMEOUT).await,
+        "{what}: the upstream connection is still open after a refused upgrade"
+    );
+    assert!(
+        conn.head().is_some(),
+        "{what}: the upstream never got the request head"
+    );
+    let leaked = conn.after_head();
+    assert!(
+        leaked.is_empty(),
+        "{what}: SMUGGLING: {} client bytes after the head reached the upstream: {:?}",
+        leaked.len(),
+        String::from_utf8_lossy(&leaked)
+    );
+    assert_eq!(
+        up.conns().len(),
+        1,
+        "{what}: more upstream connections than handshakes"
+    );
 }
