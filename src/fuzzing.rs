@@ -111,7 +111,7 @@ pub fn read_head_chunked(chunks: &[&[u8]], max_bytes: usize) -> HeadRead {
         })
     });
     let outcome = match outcome {
-        Ok(buf) => HeadOutcome::Complete(buf.to_vec()),
+        Ok(head) => HeadOutcome::Complete(head.bytes.to_vec()),
         Err(HeadError::Reject(r)) => HeadOutcome::Rejected(Rejection::of(&r, Carrier::H1)),
         Err(HeadError::Closed) => HeadOutcome::Closed,
     };

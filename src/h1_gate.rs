@@ -78,6 +78,18 @@ enum State {
     Refused,
 }
 
+impl State {
+    /// A checked head of `len` bytes and the body its `framing` announces.
+    fn message(len: usize, framing: Framing) -> State {
+        let body = match framing {
+            Framing::Upgrade => Body::Upgrade,
+            Framing::Length(n) => Body::Length(n),
+            Framing::Chunked => Body::Chunked(Chunked::START),
+        };
+        State::Message { head: len, body }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Body {
     /// This many bytes are left.
@@ -157,17 +169,37 @@ impl Chunked {
 }
 
 impl<S> RequestGate<S> {
-    /// A gate whose first message is `first` (a head already read and checked by
-    /// [`head::read_head`], possibly followed by more bytes).
+    /// A gate whose first message is `first`, the head [`head::read_head`] already read and
+    /// checked (with any bytes after it), so it is not parsed again.
+    pub(crate) fn after_head(
+        inner: S,
+        first: head::Head,
+        max_header_bytes: usize,
+        refusals: Arc<Refusals>,
+    ) -> Self {
+        RequestGate {
+            inner,
+            buf: first.bytes,
+            state: State::message(first.len, first.framing),
+            max_header_bytes,
+            scanned: 0,
+            refusals,
+            answer: Bytes::new(),
+        }
+    }
+
+    /// A gate that starts by reading (and checking) a head, after the bytes in `buffered`: for
+    /// tests and the fuzz target, which feed it raw streams (the listener always has a head).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new(
         inner: S,
-        first: BytesMut,
+        buffered: BytesMut,
         max_header_bytes: usize,
         refusals: Arc<Refusals>,
     ) -> Self {
         let mut gate = RequestGate {
             inner,
-            buf: first,
+            buf: buffered,
             state: State::Head,
             max_header_bytes,
             scanned: 0,
@@ -194,12 +226,7 @@ impl<S> RequestGate<S> {
         match head::check_buffered(&self.buf, self.max_header_bytes) {
             Ok(None) => {}
             Ok(Some((len, framing))) => {
-                let body = match framing {
-                    Framing::Upgrade => Body::Upgrade,
-                    Framing::Length(n) => Body::Length(n),
-                    Framing::Chunked => Body::Chunked(Chunked::START),
-                };
-                self.state = State::Message { head: len, body };
+                self.state = State::message(len, framing);
                 self.scanned = 0;
             }
             Err(reject) => self.refuse(reject),

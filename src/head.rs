@@ -25,13 +25,22 @@ pub(crate) enum HeadError {
     Closed,
 }
 
+/// A complete, checked request head at the start of `bytes` (which may hold early bytes after
+/// it), with what the check learnt, so that nobody parses it again to find its end.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) bytes: BytesMut,
+    pub(crate) len: usize,
+    pub(crate) framing: Framing,
+}
+
 /// Reads until one complete request head is buffered (it may be followed by early bytes) and
 /// returns everything read; a head not complete by `deadline` closes the connection.
 pub(crate) async fn read_head<S>(
     io: &mut S,
     max_bytes: usize,
     deadline: Instant,
-) -> Result<BytesMut, HeadError>
+) -> Result<Head, HeadError>
 where
     S: AsyncRead + Unpin,
 {
@@ -50,14 +59,18 @@ where
                 continue;
             }
             match check_buffered(&buf, max_bytes) {
-                Ok(Some(_)) => return Ok(()),
+                Ok(Some(checked)) => return Ok(checked),
                 Ok(None) => continue,
                 Err(reject) => return Err(HeadError::Reject(reject)),
             }
         }
     };
     match tokio::time::timeout_at(deadline, read_all).await {
-        Ok(Ok(())) => Ok(buf),
+        Ok(Ok((len, framing))) => Ok(Head {
+            bytes: buf,
+            len,
+            framing,
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HeadError::Closed),
     }
@@ -169,6 +182,10 @@ mod tests {
     }
 
     async fn feed(chunks: &[&[u8]], max: usize) -> Result<BytesMut, HeadError> {
+        feed_head(chunks, max).await.map(|h| h.bytes)
+    }
+
+    async fn feed_head(chunks: &[&[u8]], max: usize) -> Result<Head, HeadError> {
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         for c in chunks {
             client.write_all(c).await.unwrap();
@@ -263,7 +280,8 @@ mod tests {
             client
         });
         let got = read_head(&mut server, 1024, in_ms(5000)).await.unwrap();
-        assert_eq!(&got[..], head);
+        assert_eq!(&got.bytes[..], head);
+        assert_eq!((got.len, got.framing), (head.len(), Framing::Length(0)));
         drop(writer.await.unwrap());
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"\x16\x03\x01\x02\x00\x01").await.unwrap();
@@ -317,6 +335,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(read_head(&mut Chunked(chunks), max, in_ms(60_000)))
+            .map(|h| h.bytes)
     }
 
     proptest! {

@@ -165,7 +165,7 @@ async fn serve_connection(
     let sni = strict_sni
         .then(|| stream.get_ref().1.server_name())
         .flatten()
-        .map(|name| name.to_ascii_lowercase().into_boxed_str());
+        .map(crate::handshake::sni_name);
     let conn = Arc::new(Conn {
         gateway,
         runtime,
@@ -248,7 +248,7 @@ where
         .max_buf_size((max_header_bytes + 4096).max(8192))
         .max_headers(head::MAX_HEADERS);
     let refusals = Arc::new(Refusals::default());
-    let gate = RequestGate::new(io, head, max_header_bytes, Arc::clone(&refusals));
+    let gate = RequestGate::after_head(io, head, max_header_bytes, Arc::clone(&refusals));
     let connection = builder
         .serve_connection(TokioIo::new(gate), service)
         .with_upgrades();

@@ -112,16 +112,20 @@ pub(crate) fn check_method_form(parts: &Parts, carrier: Carrier) -> Result<(), R
 /// On a TLS connection whose client sent `sni` (and `strict_sni` is on): the routed host (port
 /// ignored, case-insensitive, one trailing dot ignored) must be that name, else 421 (RFC 9110
 /// §15.5.20), so a connection opened for one tenant's name cannot carry requests for another's.
+/// `sni` comes normalized ([`sni_name`]), so this allocates nothing for a lower-case host.
 pub(crate) fn check_sni(host: &str, sni: Option<&str>) -> Result<(), Reject> {
     match sni {
-        Some(sni)
-            if *crate::route::host_name(host)
-                != *sni.trim_end_matches('.').to_ascii_lowercase() =>
-        {
-            Err(Reject::MisdirectedRequest)
-        }
+        Some(sni) if *crate::route::host_name(host) != *sni => Err(Reject::MisdirectedRequest),
         _ => Ok(()),
     }
+}
+
+/// The SNI name as [`check_sni`] compares it: lower-cased, without a trailing dot, once per
+/// connection.
+pub(crate) fn sni_name(sent: &str) -> Box<str> {
+    sent.trim_end_matches('.')
+        .to_ascii_lowercase()
+        .into_boxed_str()
 }
 
 /// What a routed request asks for.
@@ -409,8 +413,10 @@ mod tests {
             ),
         ];
         for (host, sni, want) in rows {
-            assert_eq!(check_sni(host, sni), want, "{host} {sni:?}");
+            let sni = sni.map(sni_name);
+            assert_eq!(check_sni(host, sni.as_deref()), want, "{host} {sni:?}");
         }
+        assert_eq!(&*sni_name("Chat.Example.COM."), "chat.example.com");
         let connect = |upgrade: Option<&str>| {
             let mut b = http::Request::builder()
                 .method(Method::CONNECT)
