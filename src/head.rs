@@ -182,16 +182,14 @@ mod tests {
     }
 
     async fn feed(chunks: &[&[u8]], max: usize) -> Result<BytesMut, HeadError> {
-        feed_head(chunks, max).await.map(|h| h.bytes)
-    }
-
-    async fn feed_head(chunks: &[&[u8]], max: usize) -> Result<Head, HeadError> {
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         for c in chunks {
             client.write_all(c).await.unwrap();
         }
         drop(client);
-        read_head(&mut server, max, in_ms(5000)).await
+        read_head(&mut server, max, in_ms(5000))
+            .await
+            .map(|h| h.bytes)
     }
 
     #[tokio::test]
