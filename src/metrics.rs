@@ -349,6 +349,7 @@ mod tests {
         let cfg = TunnelConfig {
             idle_timeout: None,
             counters: Some(m.tunnel_counters()),
+            ..TunnelConfig::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async {
@@ -365,12 +366,14 @@ mod tests {
                     Leg::stream(g1, Bytes::new()),
                     Leg::stream(u1, Bytes::new()),
                     &cfg,
+                    std::future::pending(),
                     stopped
                 ),
                 tunnel::run(
                     Leg::stream(g2, Bytes::new()),
                     Leg::stream(u2, Bytes::new()),
                     &cfg,
+                    std::future::pending(),
                     never
                 ),
             )

@@ -40,6 +40,8 @@ impl Conn {
             idle_timeout: self.runtime.config.limits.idle_timeout,
             // Live, process-wide: /metrics shows the bytes of open tunnels too.
             counters: Some(gateway.metrics.tunnel_counters()),
+            inspect: None,
+            max_lifetime: None,
         };
         rec.status = if self.carrier.extended_connect() {
             200
@@ -56,7 +58,14 @@ impl Conn {
             let Some(client) = client.await else {
                 return;
             };
-            let outcome = tunnel::run(client, upstream, &cfg, gateway.shutdown.expired()).await;
+            let outcome = tunnel::run(
+                client,
+                upstream,
+                &cfg,
+                std::future::pending(),
+                gateway.shutdown.expired(),
+            )
+            .await;
             gateway.metrics.tunnel_closed(outcome.duration);
             drop(held);
             rec.log_tunnel(&outcome);

@@ -51,6 +51,142 @@ pub(crate) struct TunnelConfig {
     /// Live counters bumped as bytes are delivered, for metrics read while tunnels run.
     /// One `ByteCounters` may be shared by many tunnels to get process-wide totals.
     pub(crate) counters: Option<ByteCounters>,
+    /// Follow WebSocket frames as they pass (a route with `inspect = true`, SPEC §9);
+    /// `None` keeps the opaque tunnel of §5.
+    pub(crate) inspect: Option<InspectConfig>,
+    /// This tunnel's age cap with its random share of `max_lifetime_jitter` already taken off
+    /// (SPEC §5); `None` means no cap.
+    pub(crate) max_lifetime: Option<Duration>,
+}
+
+/// What an inspected tunnel enforces (SPEC §9); built per tunnel from its route and its 101.
+#[derive(Debug, Clone)]
+pub(crate) struct InspectConfig {
+    /// `max_message_bytes`: payload bytes of one data message as they travel; `None` = no limit.
+    pub(crate) max_message_bytes: Option<u64>,
+    /// `max_frame_bytes`: payload bytes of one data frame; `None` = no limit.
+    pub(crate) max_frame_bytes: Option<u64>,
+    /// `ping_interval`: ping a side silent this long; `None` = no keepalive pings.
+    pub(crate) ping_interval: Option<Duration>,
+    /// `ping_timeout`: how long a pinged side may stay silent before the tunnel ends.
+    pub(crate) ping_timeout: Duration,
+    /// `close_code`: the code of the close frames the gateway sends when it ends a tunnel.
+    pub(crate) close_code: u16,
+    /// The extensions the upstream accepted in its 101, which decide which RSV bits are legal.
+    pub(crate) extensions: Extensions,
+}
+
+/// The WebSocket extensions in force on a tunnel (the upstream's `Sec-WebSocket-Extensions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Extensions {
+    /// `permessage-deflate` was accepted: RSV1 marks compressed messages.
+    pub(crate) permessage_deflate: bool,
+    /// Some extension was accepted: RSV2/RSV3 may be in use.
+    pub(crate) any: bool,
+}
+
+/// Why the gateway ends an inspected tunnel politely (close frames at frame boundaries, SPEC
+/// §9); an opaque tunnel ignores these and lives until it ends or the drain deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PoliteEnd {
+    /// SIGTERM/SIGINT drain.
+    Drain,
+    /// A reload removed the tunnel's route or remapped its subprotocol to another upstream.
+    Reload,
+    /// The SIGUSR2 hand-over to a new process (SPEC §11).
+    Restart,
+}
+
+impl PoliteEnd {
+    /// The reason text of the gateway's close frames.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            PoliteEnd::Drain | PoliteEnd::Reload => "going away",
+            PoliteEnd::Restart => "restart",
+        }
+    }
+}
+
+/// What an inspected tunnel saw of the WebSocket conversation (SPEC §9 log fields and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WsReport {
+    /// Data messages client -> upstream (a fragmented message counts once).
+    pub(crate) messages_up: u64,
+    /// Data messages upstream -> client.
+    pub(crate) messages_down: u64,
+    /// Frames client -> upstream, control frames included.
+    pub(crate) frames_up: u64,
+    /// Frames upstream -> client, control frames included.
+    pub(crate) frames_down: u64,
+    /// The tunnel's first close frame; `None` when it ended without one.
+    pub(crate) close: Option<CloseSeen>,
+}
+
+/// The first close frame of a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CloseSeen {
+    /// Its status code; 1005 when the frame had none.
+    pub(crate) code: u16,
+    /// Its reason, raw (at most 123 bytes; not necessarily valid UTF-8).
+    pub(crate) reason: CloseReason,
+    /// Who sent it.
+    pub(crate) initiator: Initiator,
+}
+
+/// A close reason held inline, so reporting a close allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CloseReason {
+    bytes: [u8; CloseReason::MAX],
+    len: u8,
+}
+
+impl CloseReason {
+    /// RFC 6455 §5.5: a control payload is at most 125 bytes, two of them the code.
+    pub(crate) const MAX: usize = 123;
+
+    /// The reason, cut at [`CloseReason::MAX`] bytes.
+    pub(crate) fn new(reason: &[u8]) -> Self {
+        let len = reason.len().min(Self::MAX);
+        let mut bytes = [0; Self::MAX];
+        bytes[..len].copy_from_slice(&reason[..len]);
+        CloseReason {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The reason's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Debug for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_bytes().escape_ascii().to_string())
+    }
+}
+
+/// Which side sent a tunnel's first close frame (`close_initiator`, SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Initiator {
+    /// The client.
+    Client,
+    /// The upstream.
+    Upstream,
+    /// The gateway's own close frame came first (a limit, a violation, a polite ending).
+    Gateway,
+}
+
+impl Initiator {
+    /// The lowercase word used in logs and metric labels.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Initiator::Client => "client",
+            Initiator::Upstream => "upstream",
+            Initiator::Gateway => "gateway",
+        }
+    }
 }
 
 /// Byte counters the metrics layer can read while tunnels run, and how many tunnels each engine
@@ -128,6 +264,14 @@ pub(crate) enum ClosedBy {
     Drain,
     /// An I/O failure that says nothing about which peer went away (e.g. a TLS protocol error).
     Error,
+    /// The route's `max_lifetime` was reached.
+    Lifetime,
+    /// A frame or message over `max_frame_bytes` / `max_message_bytes` (SPEC §9).
+    Limit,
+    /// A protocol violation visible in a frame header (SPEC §9).
+    Protocol,
+    /// A pinged side stayed silent for `ping_timeout` (SPEC §9).
+    PingTimeout,
 }
 
 impl ClosedBy {
@@ -139,6 +283,10 @@ impl ClosedBy {
             ClosedBy::Idle => "idle",
             ClosedBy::Drain => "drain",
             ClosedBy::Error => "error",
+            ClosedBy::Lifetime => "lifetime",
+            ClosedBy::Limit => "limit",
+            ClosedBy::Protocol => "protocol",
+            ClosedBy::PingTimeout => "ping_timeout",
         }
     }
 }
@@ -162,6 +310,8 @@ pub(crate) struct TunnelOutcome {
     pub(crate) duration: Duration,
     /// The engine that copied the bytes.
     pub(crate) engine: Engine,
+    /// What an inspected tunnel saw; `None` for an opaque one.
+    pub(crate) ws: Option<WsReport>,
 }
 
 /// Runs a tunnel to its end, then closes both legs (dropping them) and reports.
@@ -177,18 +327,25 @@ pub(crate) struct TunnelOutcome {
 ///   peer sees it; `closed_by` is the failing side, or `Error` if the failure is not a sign of
 ///   that peer going away;
 /// - no byte moved either way for `cfg.idle_timeout` (`Idle`);
-/// - `drain` completes (`Drain`).
+/// - `drain` completes (`Drain`): the drain deadline passed.
 ///
-/// The returned future is `Send` when `D` is.
-pub(crate) async fn run<D>(
+/// `polite` completes when the gateway wants the tunnel ended politely (SPEC §9); only an
+/// inspected tunnel acts on it.
+///
+/// The returned future is `Send` when `P` and `D` are.
+pub(crate) async fn run<P, D>(
     client: Leg,
     upstream: Leg,
     cfg: &TunnelConfig,
+    polite: P,
     drain: D,
 ) -> TunnelOutcome
 where
+    P: Future<Output = PoliteEnd>,
     D: Future<Output = ()>,
 {
+    // Opaque tunnels ignore polite endings (SPEC §7: they live until the drain deadline).
+    drop(polite);
     let meter = Meter::new(cfg.counters.as_ref());
     // In a block so the legs are stored once in this future (inside the copy), not twice.
     let (engine, copy) = {
@@ -214,6 +371,7 @@ where
         closed_by,
         duration: meter.started().elapsed(),
         engine,
+        ws: None,
     }
 }
 
@@ -401,6 +559,7 @@ mod tests {
                 let cfg = TunnelConfig {
                     idle_timeout: Some(Duration::from_secs(60)),
                     counters: Some(counters.clone()),
+                    ..TunnelConfig::default()
                 };
                 let rig = rig(engine, b"", b"", cfg, no_drain()).await;
                 let (c_read, c_write) = rig.client_app.into_split();
@@ -607,6 +766,7 @@ mod tests {
             let cfg = TunnelConfig {
                 idle_timeout: None,
                 counters: Some(counters.clone()),
+                ..TunnelConfig::default()
             };
             let splice = if cfg!(target_os = "linux") {
                 Engine::Splice
@@ -667,6 +827,7 @@ mod tests {
             let cfg = TunnelConfig {
                 idle_timeout: Some(idle),
                 counters: None,
+                ..TunnelConfig::default()
             };
             let mut rig = duplex_rig(cfg, std::future::pending());
             let out = rig.tunnel.await.unwrap();
@@ -690,6 +851,7 @@ mod tests {
         let cfg = TunnelConfig {
             idle_timeout: Some(idle),
             counters: None,
+            ..TunnelConfig::default()
         };
         let started = Instant::now();
         let rig = duplex_rig(cfg, std::future::pending());
@@ -741,6 +903,7 @@ mod tests {
             let cfg = TunnelConfig {
                 idle_timeout: Some(Duration::ZERO),
                 counters: None,
+                ..TunnelConfig::default()
             };
             let (drain_tx, drain_rx) = oneshot::channel();
             let rig = duplex_rig(cfg, testing::drain_on(drain_rx));
@@ -760,6 +923,7 @@ mod tests {
             let cfg = TunnelConfig {
                 idle_timeout: Some(Duration::from_secs(60)),
                 counters: None,
+                ..TunnelConfig::default()
             };
             let grace = Duration::from_secs(30);
             let mut rig = duplex_rig(cfg, tokio::time::sleep(grace));

@@ -502,6 +502,7 @@ mod tests {
             let cfg = TunnelConfig {
                 idle_timeout: None,
                 counters: Some(counters.clone()),
+                ..TunnelConfig::default()
             };
             let mut rig = rig(Engine::Splice, b"", b"", cfg, drain_rx).await;
             // The upstream application reads nothing: its socket buffers fill, then the pipe.

@@ -45,7 +45,16 @@ pub(super) async fn rig(
     let (upstream_app, upstream_gw) = tcp_pair().await;
     let client = leg(engine, client_gw, client_early);
     let upstream = leg(engine, upstream_gw, upstream_early);
-    let tunnel = tokio::spawn(async move { run(client, upstream, &cfg, drain_on(drain)).await });
+    let tunnel = tokio::spawn(async move {
+        run(
+            client,
+            upstream,
+            &cfg,
+            std::future::pending(),
+            drain_on(drain),
+        )
+        .await
+    });
     Rig {
         client_app,
         upstream_app,
