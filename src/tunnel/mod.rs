@@ -615,6 +615,7 @@ mod tests {
                     leg(engine, upstream_gw, b"EARLY-U\x81\x05"),
                     &TunnelConfig::default(),
                     std::future::pending(),
+                    std::future::pending(),
                 )
                 .await;
                 assert_eq!(out.engine, engine);
@@ -793,6 +794,7 @@ mod tests {
                     leg(client_tcp, client_gw),
                     leg(upstream_tcp, upstream_gw),
                     &cfg,
+                    std::future::pending(),
                     std::future::pending(),
                 )
                 .await;
@@ -1014,6 +1016,7 @@ mod tests {
                 Leg::tcp(a, Bytes::new()),
                 Leg::stream(b, Bytes::new()),
                 &cfg,
+                std::future::pending(),
                 async {},
             );
             assert_send(&fut);
@@ -1022,6 +1025,7 @@ mod tests {
                 Leg::tcp(a, Bytes::new()),
                 Leg::tcp(b, Bytes::new()),
                 &cfg,
+                std::future::pending(),
                 async {},
             );
             assert_send(&fut);
