@@ -143,7 +143,7 @@ async fn serve_connection(
             sni: None,
             carrier: Carrier::H1,
             permit: Arc::new(permit),
-            streams: OpenStreams::default(),
+            streams: None,
         };
         return serve_http1(tcp, Arc::new(conn), deadline).await;
     };
@@ -166,6 +166,7 @@ async fn serve_connection(
         .then(|| stream.get_ref().1.server_name())
         .flatten()
         .map(crate::handshake::sni_name);
+    let streams = h2.then(OpenStreams::default);
     let conn = Arc::new(Conn {
         gateway,
         runtime,
@@ -175,12 +176,11 @@ async fn serve_connection(
         sni,
         carrier,
         permit: Arc::new(permit),
-        streams: OpenStreams::default(),
+        streams: streams.clone(),
     });
-    if h2 {
-        serve_h2(stream, conn, deadline).await
-    } else {
-        serve_http1(stream, conn, deadline).await
+    match streams {
+        Some(streams) => serve_h2(stream, conn, streams, deadline).await,
+        None => serve_http1(stream, conn, deadline).await,
     }
 }
 
@@ -324,7 +324,7 @@ const H2_GOAWAY_GRACE: Duration = Duration::from_secs(1);
 /// first request's HEADERS must arrive by the handshake `deadline` (else the connection is
 /// dropped), a connection without open streams for `keepalive_timeout` is shut down (GOAWAY),
 /// and control-frame floods end it ([`crate::h2_flood`]).
-async fn serve_h2<S>(io: S, conn: Arc<Conn>, deadline: Instant)
+async fn serve_h2<S>(io: S, conn: Arc<Conn>, streams: OpenStreams, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -332,11 +332,11 @@ where
     let io = WriteStall::new(io, conn.runtime.config.limits.idle_timeout);
     let keepalive = conn.runtime.config.limits.keepalive_timeout;
     let shutdown = conn.gateway.shutdown.clone();
-    let streams = conn.streams.clone();
+    let service_streams = streams.clone();
     let service = service_fn(move |req| {
         // Counted from the stream's HEADERS until its response body has gone out (a tunnel
         // holds its own guard, see `Conn::open_tunnel`).
-        let open = conn.streams.open();
+        let open = service_streams.open();
         let response = Arc::clone(&conn).handle(req);
         async move {
             let response = response.await?;

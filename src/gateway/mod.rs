@@ -119,8 +119,10 @@ pub(crate) struct Conn {
     pub(crate) carrier: Carrier,
     /// Shared with the tunnels this connection opens, so the connection slot lives as long as they do.
     pub(crate) permit: Arc<ConnPermit>,
-    /// The connection's open streams (its tunnels too): when it has none, h2 closes it.
-    pub(crate) streams: OpenStreams,
+    /// An h2 connection's open streams (its tunnels too): when it has none, h2 closes it.
+    /// `None` on HTTP/1.1, where a tunnel is the connection and nothing needs the count (and an
+    /// idle tunnel would otherwise pin a watch channel).
+    pub(crate) streams: Option<OpenStreams>,
 }
 
 impl Conn {

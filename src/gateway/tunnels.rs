@@ -5,10 +5,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tracing::Instrument;
-
 use super::Conn;
 use crate::access::AccessRecord;
+use crate::h2_watch::OpenStreams;
 use crate::limits::ConnPermit;
 use crate::tunnel::{self, Leg, TunnelConfig};
 use crate::upstream::ServerLease;
@@ -31,7 +30,7 @@ impl Conn {
         let gateway = Arc::clone(&self.gateway);
         let permit = Arc::clone(&self.permit);
         // An open tunnel keeps its h2 connection from being closed as idle.
-        let open = self.streams.open();
+        let open = self.streams.as_ref().map(OpenStreams::open);
         let tracked = gateway.shutdown.track();
         let active = gateway
             .metrics
@@ -70,6 +69,9 @@ impl Conn {
             drop(held);
             rec.log_tunnel(&outcome);
         };
-        tokio::spawn(task.in_current_span());
+        // Not instrumented with the connection's span: the access event names the client
+        // itself, and a span would stay allocated for the tunnel's whole life and be entered
+        // on every wakeup.
+        tokio::spawn(task);
     }
 }
