@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc malloc: measured on the handshake path (BENCHMARKS.md), where glibc
+/// spent about a tenth of the gateway's CPU in malloc/free and consolidation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A reverse-proxy upgrade gateway for WebSockets.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about)]
