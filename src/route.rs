@@ -131,6 +131,9 @@ mod tests {
             http: None,
             upgrades: vec![],
             subprotocols: vec![],
+            inspect: None,
+            max_lifetime: None,
+            max_lifetime_jitter: std::time::Duration::ZERO,
         }
     }
 
