@@ -168,6 +168,9 @@ fn route(host: HostPattern, path: &str, select: Select) -> RouteConfig {
                 upstream: u.to_string(),
             })
             .collect(),
+        inspect: None,
+        max_lifetime: None,
+        max_lifetime_jitter: std::time::Duration::ZERO,
     }
 }
 

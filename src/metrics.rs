@@ -4,10 +4,13 @@
 //! Tunnel bytes in particular come from one process-wide [`ByteCounters`] pair that every tunnel
 //! bumps as it delivers bytes, read at scrape time by a [`Collector`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -15,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::tunnel::{ByteCounters, Engine};
+use crate::tunnel::{ByteCounters, Engine, WsReport};
 
 /// `route` is the route's path, or `none` when nothing matched.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +43,47 @@ struct EngineLabels {
     engine: &'static str,
 }
 
+/// `switchyard_ws_messages_total`: `direction` as in `switchyard_tunnel_bytes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WsMessageLabels {
+    route: RouteLabel,
+    direction: &'static str,
+}
+
+/// `switchyard_ws_close_total`: the first close frame's code and sender, `none` for both when
+/// an inspected tunnel ended without a close frame (the access log's `-`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WsCloseLabels {
+    route: RouteLabel,
+    code: CloseCode,
+    initiator: &'static str,
+}
+
+/// A route label shared by a tunnel's series: cloned by reference count, not by copying.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct RouteLabel(Arc<str>);
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
+}
+
+/// A close code label value, or `none`; numeric without formatting a string per close.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct CloseCode(Option<u16>);
+
+impl EncodeLabelValue for CloseCode {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        match self.0 {
+            Some(code) => write!(encoder, "{code}"),
+            None => encoder.write_str(NONE_LABEL),
+        }
+    }
+}
+
 /// One server of one upstream: `server` is its `host:port` as written in the config.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
@@ -60,10 +104,15 @@ pub(crate) struct Metrics {
     server_up: Family<ServerLabels, Gauge>,
     server_active_tunnels: Family<ServerLabels, Gauge>,
     server_connect_failures: Family<ServerLabels, Counter>,
+    ws_messages: Family<WsMessageLabels, Counter>,
+    ws_close: Family<WsCloseLabels, Counter>,
 }
 
 /// Label value for a request that matched no route.
 pub(crate) const NO_ROUTE: &str = "none";
+
+/// Label value of an absent close code or initiator.
+const NONE_LABEL: &str = "none";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -115,8 +164,22 @@ impl Default for Metrics {
             "Failed or timed-out connects to an upstream server (traffic, not health checks)",
             server_connect_failures.clone(),
         );
+        let ws_messages = Family::<WsMessageLabels, Counter>::default();
+        let ws_close = Family::<WsCloseLabels, Counter>::default();
+        registry.register(
+            "switchyard_ws_messages",
+            "WebSocket data messages through inspected tunnels, by route and direction (counted as tunnels close)",
+            ws_messages.clone(),
+        );
+        registry.register(
+            "switchyard_ws_close",
+            "Inspected tunnels by route and their first close frame's code and sender (none: no close frame)",
+            ws_close.clone(),
+        );
         Metrics {
             registry,
+            ws_messages,
+            ws_close,
             handshakes,
             tunnels_active,
             tunnel_bytes,
@@ -162,6 +225,37 @@ impl Metrics {
     /// A tunnel closed after `lifetime`.
     pub(crate) fn tunnel_closed(&self, lifetime: Duration) {
         self.tunnel_duration.observe(lifetime.as_secs_f64());
+    }
+
+    /// The series an inspected tunnel on `route` reports to, resolved once when it opens so
+    /// that closing it costs no label allocation.
+    pub(crate) fn ws_tunnel(&self, route: &str) -> WsTunnelMetrics {
+        let route = RouteLabel(Arc::from(route));
+        let messages = |direction| {
+            self.ws_messages
+                .get_or_create(&WsMessageLabels {
+                    route: route.clone(),
+                    direction,
+                })
+                .clone()
+        };
+        WsTunnelMetrics {
+            messages_up: messages("client_to_upstream"),
+            messages_down: messages("upstream_to_client"),
+            route,
+        }
+    }
+
+    /// An inspected tunnel closed having seen `report`.
+    pub(crate) fn ws_tunnel_closed(&self, tunnel: &WsTunnelMetrics, report: &WsReport) {
+        tunnel.messages_up.inc_by(report.messages_up);
+        tunnel.messages_down.inc_by(report.messages_down);
+        let labels = WsCloseLabels {
+            route: tunnel.route.clone(),
+            code: CloseCode(report.close.map(|c| c.code)),
+            initiator: report.close.map_or(NONE_LABEL, |c| c.initiator.as_str()),
+        };
+        self.ws_close.get_or_create(&labels).inc();
     }
 
     /// The connect-time histogram, for the upstream pools that observe it.
@@ -256,6 +350,14 @@ impl Collector for TunnelEngines {
     }
 }
 
+/// One inspected tunnel's handles on the `switchyard_ws_*` series of its route.
+#[derive(Debug)]
+pub(crate) struct WsTunnelMetrics {
+    route: RouteLabel,
+    messages_up: Counter,
+    messages_down: Counter,
+}
+
 /// Keeps `switchyard_tunnels_active` up while a tunnel lives.
 #[derive(Debug)]
 pub(crate) struct ActiveTunnel {
@@ -336,6 +438,49 @@ mod tests {
             m.render()
                 .contains(r#"switchyard_tunnels_active{route="/chat",subprotocol="chat.v2"} 0"#)
         );
+    }
+
+    /// The §9 series: messages per route and direction, closes per route, code and initiator;
+    /// a tunnel without a close frame counts under `none`.
+    #[test]
+    fn renders_ws_messages_and_closes() {
+        use crate::tunnel::{CloseReason, CloseSeen, Initiator};
+        let m = Metrics::default();
+        let close = |code, initiator| {
+            Some(CloseSeen {
+                code,
+                reason: CloseReason::new(b"bye"),
+                initiator,
+            })
+        };
+        let report = |up, down, close| WsReport {
+            messages_up: up,
+            messages_down: down,
+            frames_up: up + 1,
+            frames_down: down + 1,
+            close,
+        };
+        let ws = m.ws_tunnel("/ws");
+        m.ws_tunnel_closed(&ws, &report(3, 1, close(1000, Initiator::Client)));
+        let ws2 = m.ws_tunnel("/ws");
+        m.ws_tunnel_closed(&ws2, &report(1, 2, close(4002, Initiator::Upstream)));
+        let other = m.ws_tunnel("/other");
+        m.ws_tunnel_closed(&other, &report(0, 5, None));
+        m.ws_tunnel_closed(&other, &report(0, 0, close(1001, Initiator::Gateway)));
+        let text = m.render();
+        for line in [
+            r#"switchyard_ws_messages_total{route="/ws",direction="client_to_upstream"} 4"#,
+            r#"switchyard_ws_messages_total{route="/ws",direction="upstream_to_client"} 3"#,
+            r#"switchyard_ws_messages_total{route="/other",direction="upstream_to_client"} 5"#,
+            r#"switchyard_ws_close_total{route="/ws",code="1000",initiator="client"} 1"#,
+            r#"switchyard_ws_close_total{route="/ws",code="4002",initiator="upstream"} 1"#,
+            r#"switchyard_ws_close_total{route="/other",code="none",initiator="none"} 1"#,
+            r#"switchyard_ws_close_total{route="/other",code="1001",initiator="gateway"} 1"#,
+            "# TYPE switchyard_ws_messages counter",
+            "# TYPE switchyard_ws_close counter",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
     }
 
     /// Two tunnels share the process-wide counters; bytes show while both are still open.

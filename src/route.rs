@@ -84,6 +84,60 @@ impl RouteTable {
     }
 }
 
+/// How a tunnel was routed, kept with an inspected tunnel so that a reload can tell whether its
+/// route still sends it where it went (SPEC §9 "Polite ending").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoutedTunnel {
+    /// The route's identity: its host pattern and path, as in the duplicate-route rule.
+    host: HostPattern,
+    path: String,
+    via: Via,
+    /// The upstream `via` mapped to.
+    upstream: String,
+}
+
+/// Which of its route's mappings a tunnel took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// A `[[route.subprotocol]]` of this name (case-sensitive, RFC 6455 §4.2.2).
+    Subprotocol(String),
+    /// The route's `fallback`.
+    Fallback,
+}
+
+impl RoutedTunnel {
+    /// A tunnel that `route` sent through `via` to `upstream`.
+    pub(crate) fn new(route: &RouteConfig, via: Via, upstream: &str) -> Self {
+        RoutedTunnel {
+            host: route.host.clone(),
+            path: route.path.clone(),
+            via,
+            upstream: upstream.to_owned(),
+        }
+    }
+}
+
+/// Whether `routes` (a reloaded configuration's) still has the tunnel's route — the same host
+/// pattern and path — and maps the tunnel's subprotocol (or, for a fallback tunnel, its fallback) to the
+/// same upstream name. A tunnel for which this is false ends politely (SPEC §9).
+pub(crate) fn still_routed(tunnel: &RoutedTunnel, routes: &[RouteConfig]) -> bool {
+    let Some(route) = routes
+        .iter()
+        .find(|r| r.host == tunnel.host && r.path == tunnel.path)
+    else {
+        return false;
+    };
+    let upstream = match &tunnel.via {
+        Via::Subprotocol(name) => route
+            .subprotocols
+            .iter()
+            .find(|s| s.name == *name)
+            .map(|s| &s.upstream),
+        Via::Fallback => route.fallback.as_ref(),
+    };
+    upstream == Some(&tunnel.upstream)
+}
+
 /// The host name a `Host` value names: port dropped, IPv6 brackets removed, one trailing dot
 /// (the DNS root) dropped, ASCII lower-cased (RFC 9110 §4.2.3: the host is case-insensitive).
 pub(crate) fn host_name(host: &str) -> Cow<'_, str> {
@@ -131,6 +185,66 @@ mod tests {
             http: None,
             upgrades: vec![],
             subprotocols: vec![],
+            inspect: None,
+            max_lifetime: None,
+            max_lifetime_jitter: std::time::Duration::ZERO,
+        }
+    }
+
+    /// The reload rule of SPEC §9, one row per way a route can change under an open tunnel.
+    #[test]
+    fn still_routed_rows() {
+        use crate::config::SubprotocolRoute;
+        let sub = |name: &str, up: &str| SubprotocolRoute {
+            name: name.into(),
+            upstream: up.into(),
+        };
+        let base = RouteConfig {
+            subprotocols: vec![sub("chat.v1", "app"), sub("news.v1", "app")],
+            ..route(HostPattern::Any, "/sub", "fb")
+        };
+        let with = |f: &dyn Fn(&mut RouteConfig)| {
+            let mut r = base.clone();
+            f(&mut r);
+            vec![route(HostPattern::Any, "/keep", "app"), r]
+        };
+        let chat = RoutedTunnel::new(&base, Via::Subprotocol("chat.v1".into()), "app");
+        let news = RoutedTunnel::new(&base, Via::Subprotocol("news.v1".into()), "app");
+        let fallback = RoutedTunnel::new(&base, Via::Fallback, "fb");
+        let same = with(&|_| {});
+        let gone = vec![route(HostPattern::Any, "/keep", "app")];
+        let moved_chat = with(&|r| r.subprotocols[0].upstream = "app2".into());
+        let dropped_chat = with(&|r| {
+            r.subprotocols.remove(0);
+        });
+        let renamed_chat = with(&|r| r.subprotocols[0].name = "Chat.v1".into());
+        let moved_fallback = with(&|r| r.fallback = Some("other".into()));
+        let no_fallback = with(&|r| r.fallback = None);
+        let other_host = with(&|r| r.host = HostPattern::Exact("a.example".into()));
+        let other_path = with(&|r| r.path = "/sub/".into());
+        let more_keys = with(&|r| {
+            r.origins = Some(vec!["https://x.example".into()]);
+            r.max_lifetime = Some(std::time::Duration::from_secs(5));
+            r.subprotocols.push(sub("extra", "app3"));
+        });
+        #[rustfmt::skip]
+        let rows: &[(&str, &RoutedTunnel, &[RouteConfig], bool)] = &[
+            ("unchanged", &chat, &same, true),
+            ("route removed", &chat, &gone, false),
+            ("subprotocol remapped", &chat, &moved_chat, false),
+            ("other subprotocol remapped", &news, &moved_chat, true),
+            ("subprotocol unmapped", &chat, &dropped_chat, false),
+            ("subprotocol names are case-sensitive", &chat, &renamed_chat, false),
+            ("fallback unchanged", &fallback, &same, true),
+            ("fallback remapped", &fallback, &moved_fallback, false),
+            ("fallback removed", &fallback, &no_fallback, false),
+            ("fallback untouched by a subprotocol change", &fallback, &moved_chat, true),
+            ("same path, other host", &chat, &other_host, false),
+            ("same host, other path", &chat, &other_path, false),
+            ("other keys changed", &chat, &more_keys, true),
+        ];
+        for (name, tunnel, routes, want) in rows {
+            assert_eq!(still_routed(tunnel, routes), *want, "{name}");
         }
     }
 

@@ -67,3 +67,32 @@ pub(crate) const ROUTE_HOST: &str = "*";
 
 /// `route.path`: `"/"`, every path.
 pub(crate) const ROUTE_PATH: &str = "/";
+
+/// `route.inspect`: false, so a route keeps the opaque zero-copy tunnel (SPEC §5) unless it asks
+/// for frame inspection (§9).
+pub(crate) const INSPECT: bool = false;
+
+/// `route.max_message_bytes`: 0, no limit (`None`): message sizes are the application's business
+/// unless the operator caps them.
+pub(crate) const MAX_MESSAGE_BYTES: Option<u64> = None;
+
+/// `route.max_frame_bytes`: 0, no limit (`None`), for the same reason.
+pub(crate) const MAX_FRAME_BYTES: Option<u64> = None;
+
+/// `route.ping_interval`: "0s", off (`None`): most applications ping on their own, and the
+/// gateway's pings are opt-in.
+pub(crate) const PING_INTERVAL: Option<Duration> = None;
+
+/// `route.ping_timeout`: 10s, several round trips on a slow mobile link, short enough that a
+/// dead peer does not hold a tunnel for long.
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `route.close_code`: 1001 "going away" (RFC 6455 §7.4.1), what a server says when it goes
+/// down or a browser navigates away; 1012 "service restart" suits deploys.
+pub(crate) const CLOSE_CODE: u16 = 1001;
+
+/// `route.max_lifetime`: "0s", no cap (`None`).
+pub(crate) const MAX_LIFETIME: Option<Duration> = None;
+
+/// `route.max_lifetime_jitter`: "0s", every tunnel gets the full `max_lifetime`.
+pub(crate) const MAX_LIFETIME_JITTER: Duration = Duration::ZERO;

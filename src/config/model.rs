@@ -197,6 +197,31 @@ pub(crate) struct RouteConfig {
     pub(crate) http: Option<String>,
     pub(crate) upgrades: Vec<UpgradeRoute>,
     pub(crate) subprotocols: Vec<SubprotocolRoute>,
+    /// `inspect = true`: WebSocket tunnels follow frame headers with these settings (SPEC §9);
+    /// `None` ([`defaults::INSPECT`]) keeps the opaque tunnel. Tunnels of `upgrades` tokens are
+    /// never inspected: they carry no WebSocket frames.
+    pub(crate) inspect: Option<InspectRoute>,
+    /// Every tunnel's age cap (SPEC §5), inspected or not. Default [`defaults::MAX_LIFETIME`];
+    /// `None` ("0s") means no cap.
+    pub(crate) max_lifetime: Option<Duration>,
+    /// Each tunnel's cap is shortened by a uniformly random amount up to this. Always shorter
+    /// than `max_lifetime`, and zero without it. Default [`defaults::MAX_LIFETIME_JITTER`].
+    pub(crate) max_lifetime_jitter: Duration,
+}
+
+/// The inspect-only keys of a route with `inspect = true` (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InspectRoute {
+    /// Default [`defaults::MAX_MESSAGE_BYTES`]; `None` (0) means no limit.
+    pub(crate) max_message_bytes: Option<u64>,
+    /// Default [`defaults::MAX_FRAME_BYTES`]; `None` (0) means no limit.
+    pub(crate) max_frame_bytes: Option<u64>,
+    /// Default [`defaults::PING_INTERVAL`]; `None` ("0s") means no keepalive pings.
+    pub(crate) ping_interval: Option<Duration>,
+    /// Greater than zero. Default [`defaults::PING_TIMEOUT`].
+    pub(crate) ping_timeout: Duration,
+    /// 1000-4999, never 1004-1006 or 1015. Default [`defaults::CLOSE_CODE`].
+    pub(crate) close_code: u16,
 }
 
 /// Which hosts a route serves.

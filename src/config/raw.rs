@@ -127,6 +127,15 @@ pub(super) struct RawRoute {
     pub(crate) upgrades: Vec<RawUpgrade>,
     #[serde(default)]
     pub(crate) subprotocol: Vec<RawSubprotocol>,
+    // SPEC §9: inspected tunnels, and the age cap that also applies without inspection.
+    pub(crate) inspect: Option<bool>,
+    pub(crate) max_message_bytes: Option<i64>,
+    pub(crate) max_frame_bytes: Option<i64>,
+    pub(crate) ping_interval: Option<RawDuration>,
+    pub(crate) ping_timeout: Option<RawDuration>,
+    pub(crate) close_code: Option<i64>,
+    pub(crate) max_lifetime: Option<RawDuration>,
+    pub(crate) max_lifetime_jitter: Option<RawDuration>,
 }
 
 /// One entry of `upgrades = [...]`.

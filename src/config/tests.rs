@@ -479,6 +479,206 @@ struct Reject {
 
 const REJECTS: &[Reject] = &[
     Reject {
+        name: "max_message_bytes without inspect",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\nmax_message_bytes = 1000\n",
+        at: ("max_message_bytes", 0),
+        key: "route[0].max_message_bytes",
+        says: "set inspect = true on this route",
+    },
+    Reject {
+        name: "max_message_bytes with inspect = false",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = false\nmax_message_bytes = 1000\n",
+        at: ("max_message_bytes", 0),
+        key: "route[0].max_message_bytes",
+        says: "only applies to inspected tunnels",
+    },
+    Reject {
+        name: "max_frame_bytes without inspect",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\nmax_frame_bytes = 1000\n",
+        at: ("max_frame_bytes", 0),
+        key: "route[0].max_frame_bytes",
+        says: "set inspect = true on this route",
+    },
+    Reject {
+        name: "max_frame_bytes with inspect = false",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = false\nmax_frame_bytes = 1000\n",
+        at: ("max_frame_bytes", 0),
+        key: "route[0].max_frame_bytes",
+        says: "only applies to inspected tunnels",
+    },
+    Reject {
+        name: "ping_interval without inspect",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\nping_interval = \"5s\"\n",
+        at: ("ping_interval", 0),
+        key: "route[0].ping_interval",
+        says: "set inspect = true on this route",
+    },
+    Reject {
+        name: "ping_interval with inspect = false",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = false\nping_interval = \"5s\"\n",
+        at: ("ping_interval", 0),
+        key: "route[0].ping_interval",
+        says: "only applies to inspected tunnels",
+    },
+    Reject {
+        name: "ping_timeout without inspect",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\nping_timeout = \"5s\"\n",
+        at: ("ping_timeout", 0),
+        key: "route[0].ping_timeout",
+        says: "set inspect = true on this route",
+    },
+    Reject {
+        name: "ping_timeout with inspect = false",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = false\nping_timeout = \"5s\"\n",
+        at: ("ping_timeout", 0),
+        key: "route[0].ping_timeout",
+        says: "only applies to inspected tunnels",
+    },
+    Reject {
+        name: "close_code without inspect",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\nclose_code = 1001\n",
+        at: ("close_code", 0),
+        key: "route[0].close_code",
+        says: "set inspect = true on this route",
+    },
+    Reject {
+        name: "close_code with inspect = false",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = false\nclose_code = 1001\n",
+        at: ("close_code", 0),
+        key: "route[0].close_code",
+        says: "only applies to inspected tunnels",
+    },
+    Reject {
+        name: "close_code 999",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nclose_code = 999\n",
+        at: ("close_code", 0),
+        key: "route[0].close_code",
+        says: "close_code 999 cannot be sent",
+    },
+    Reject {
+        name: "close_code 1004",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nclose_code = 1004\n",
+        at: ("close_code", 0),
+        key: "route[0].close_code",
+        says: "close_code 1004 cannot be sent",
+    },
+    Reject {
+        name: "close_code 1005",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nclose_code = 1005\n",
+        at: ("close_code", 0),
+        key: "route[0].close_code",
+        says: "close_code 1005 cannot be sent",
+    },
+    Reject {
+        name: "close_code 1006",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nclose_code = 1006\n",
+        at: ("close_code", 0),
+        key: "route[0].close_code",
+        says: "close_code 1006 cannot be sent",
+    },
+    Reject {
+        name: "close_code 1015",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nclose_code = 1015\n",
+        at: ("close_code", 0),
+        key: "route[0].close_code",
+        says: "close_code 1015 cannot be sent",
+    },
+    Reject {
+        name: "close_code 5000",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nclose_code = 5000\n",
+        at: ("close_code", 0),
+        key: "route[0].close_code",
+        says: "close_code 5000 cannot be sent",
+    },
+    Reject {
+        name: "ping_interval as bare integer",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nping_interval = 30\n",
+        at: ("ping_interval", 0),
+        key: "route[0].ping_interval",
+        says: "integer `30`",
+    },
+    Reject {
+        name: "max_lifetime with an unknown unit",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\nmax_lifetime = \"10 fortnights\"\n",
+        at: ("max_lifetime", 0),
+        key: "route[0].max_lifetime",
+        says: "\"10 fortnights\"",
+    },
+    Reject {
+        name: "ping_timeout zero",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nping_timeout = \"0s\"\n",
+        at: ("ping_timeout", 0),
+        key: "route[0].ping_timeout",
+        says: "greater than 0s",
+    },
+    Reject {
+        name: "negative max_message_bytes",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nmax_message_bytes = -1\n",
+        at: ("max_message_bytes", 0),
+        key: "route[0].max_message_bytes",
+        says: "-1 must be 0 (no limit)",
+    },
+    Reject {
+        name: "negative max_frame_bytes",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = true\nmax_frame_bytes = -5\n",
+        at: ("max_frame_bytes", 0),
+        key: "route[0].max_frame_bytes",
+        says: "-5 must be 0 (no limit)",
+    },
+    Reject {
+        name: "jitter without max_lifetime",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\nmax_lifetime_jitter = \"1m\"\n",
+        at: ("max_lifetime_jitter", 0),
+        key: "route[0].max_lifetime_jitter",
+        says: "does not set",
+    },
+    Reject {
+        name: "jitter with max_lifetime 0s",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\nmax_lifetime = \"0s\"\nmax_lifetime_jitter = \"1s\"\n",
+        at: ("max_lifetime_jitter", 0),
+        key: "route[0].max_lifetime_jitter",
+        says: "does not set",
+    },
+    Reject {
+        name: "jitter as long as max_lifetime",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\nmax_lifetime = \"5m\"\nmax_lifetime_jitter = \"300s\"\n",
+        at: ("max_lifetime_jitter", 0),
+        key: "route[0].max_lifetime_jitter",
+        says: "must be shorter than max_lifetime \"5m\"",
+    },
+    Reject {
+        name: "inspect not a boolean",
+        from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",
+        to: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\ninspect = \"yes\"\n",
+        at: ("inspect", 0),
+        key: "route[0].inspect",
+        says: "expected a boolean",
+    },
+    Reject {
         name: "undefined subprotocol upstream",
         from: "name = \"chat.v2\"\nupstream = \"chat\"",
         to: "name = \"chat.v2\"\nupstream = \"nosuch_upstream\"",
@@ -1038,4 +1238,72 @@ fn unreadable_upstream_ca_is_an_error() {
         "{shown}"
     );
     assert!(shown.contains("missing-ca.pem"), "{shown}");
+}
+
+/// A route's SPEC §9 keys: every one set, the inspected defaults, and the lifetime keys without
+/// inspect; the valid close codes around the refused ones pass.
+#[test]
+fn inspect_and_lifetime_keys_load() {
+    let dir = TestDir::new();
+    let route = |keys: &str| {
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstreams.app]\nservers = [\"127.0.0.1:1\"]\n[[route]]\nfallback = \"app\"\n{keys}\n"
+        )
+    };
+    let one = |keys: &str| {
+        let config = load_ok(&dir.write("route.toml", &route(keys)));
+        config.routes[0].clone()
+    };
+    let full = one(
+        "inspect = true\nmax_message_bytes = 1048576\nmax_frame_bytes = 0\nping_interval = \"30s\"\nping_timeout = \"10s\"\nclose_code = 1012\nmax_lifetime = \"1h\"\nmax_lifetime_jitter = \"5m\"",
+    );
+    assert_eq!(
+        full.inspect,
+        Some(InspectRoute {
+            max_message_bytes: Some(1_048_576),
+            max_frame_bytes: None,
+            ping_interval: Some(Duration::from_secs(30)),
+            ping_timeout: Duration::from_secs(10),
+            close_code: 1012,
+        })
+    );
+    assert_eq!(full.max_lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(full.max_lifetime_jitter, Duration::from_secs(300));
+
+    let defaults = one("inspect = true");
+    assert_eq!(
+        defaults.inspect,
+        Some(InspectRoute {
+            max_message_bytes: None,
+            max_frame_bytes: None,
+            ping_interval: None,
+            ping_timeout: Duration::from_secs(10),
+            close_code: 1001,
+        })
+    );
+    assert_eq!(
+        (defaults.max_lifetime, defaults.max_lifetime_jitter),
+        (None, Duration::ZERO)
+    );
+
+    let off =
+        one("inspect = true\nping_interval = \"0s\"\nmax_frame_bytes = 125\nmax_lifetime = \"0s\"");
+    let inspect = off.inspect.expect("inspected");
+    assert_eq!(
+        (inspect.ping_interval, inspect.max_frame_bytes),
+        (None, Some(125))
+    );
+    assert_eq!(off.max_lifetime, None);
+
+    let plain = one("max_lifetime = \"10m\"\nmax_lifetime_jitter = \"1m\"");
+    assert_eq!(plain.inspect, None);
+    assert_eq!(plain.max_lifetime, Some(Duration::from_secs(600)));
+    assert_eq!(plain.max_lifetime_jitter, Duration::from_secs(60));
+    assert_eq!(one("inspect = false").inspect, None);
+    assert_eq!(one("").inspect, None);
+
+    for code in [1000, 1003, 1007, 1012, 1016, 2999, 3000, 4999] {
+        let r = one(&format!("inspect = true\nclose_code = {code}"));
+        assert_eq!(r.inspect.map(|i| i.close_code), Some(code), "{code}");
+    }
 }

@@ -17,9 +17,9 @@ use super::defaults;
 use super::duration;
 use super::locate::KeyPath;
 use super::model::{
-    AdminConfig, Balance, Config, HealthCheck, HostPattern, Limits, ListenerConfig, ProxyVersion,
-    RouteConfig, Select, ServerAddr, SniCert, SubprotocolRoute, TlsConfig, UpgradeRoute,
-    UpstreamConfig, UpstreamTls, WebSocketConfig,
+    AdminConfig, Balance, Config, HealthCheck, HostPattern, InspectRoute, Limits, ListenerConfig,
+    ProxyVersion, RouteConfig, Select, ServerAddr, SniCert, SubprotocolRoute, TlsConfig,
+    UpgradeRoute, UpstreamConfig, UpstreamTls, WebSocketConfig,
 };
 use super::raw::{
     RawConfig, RawDuration, RawLimits, RawListener, RawListenerTls, RawRoute, RawUpstream,
@@ -39,6 +39,13 @@ const HEADER_BYTES_CEILING: i64 = 1 << 20;
 
 /// WebSocket versions the handshake knows (RFC 6455 §4.4 and the drafts it replaced).
 const KNOWN_VERSIONS: [i64; 3] = [13, 8, 7];
+
+/// Close codes a gateway may send (SPEC §2): RFC 6455 §7.4 defines 1000-2999 for the protocol
+/// and 3000-4999 for libraries and applications; 1004 is reserved, and 1005, 1006 and 1015
+/// "MUST NOT be set as a status code in a Close control frame by an endpoint" (§7.4.1).
+fn is_sendable_close_code(code: i64) -> bool {
+    (1000..=4999).contains(&code) && !matches!(code, 1004..=1006 | 1015)
+}
 
 /// Validates `raw`, read from `source`; relative file names resolve against `base` (the config
 /// file's directory, SPEC §2).
@@ -683,6 +690,8 @@ impl Validator<'_> {
             });
         }
 
+        let inspect = self.inspect(at, raw);
+        let (max_lifetime, max_lifetime_jitter) = self.lifetime(at, raw);
         RouteConfig {
             host,
             path,
@@ -692,6 +701,128 @@ impl Validator<'_> {
             http,
             upgrades,
             subprotocols,
+            inspect,
+            max_lifetime,
+            max_lifetime_jitter,
+        }
+    }
+
+    /// `inspect` and the keys only an inspected route uses (SPEC §2, §9). Without
+    /// `inspect = true` each of them that is set is one problem: it would silently do nothing.
+    fn inspect(&mut self, at: &KeyPath, raw: &RawRoute) -> Option<InspectRoute> {
+        let only = [
+            ("max_message_bytes", raw.max_message_bytes.is_some()),
+            ("max_frame_bytes", raw.max_frame_bytes.is_some()),
+            ("ping_interval", raw.ping_interval.is_some()),
+            ("ping_timeout", raw.ping_timeout.is_some()),
+            ("close_code", raw.close_code.is_some()),
+        ];
+        if !raw.inspect.unwrap_or(defaults::INSPECT) {
+            for (key, set) in only {
+                if set {
+                    self.bad(
+                        &at.key(key),
+                        format!("{key} only applies to inspected tunnels: set inspect = true on this route, or remove it"),
+                    );
+                }
+            }
+            return None;
+        }
+        let max_message_bytes = self.byte_limit(
+            &at.key("max_message_bytes"),
+            raw.max_message_bytes,
+            defaults::MAX_MESSAGE_BYTES,
+        );
+        let max_frame_bytes = self.byte_limit(
+            &at.key("max_frame_bytes"),
+            raw.max_frame_bytes,
+            defaults::MAX_FRAME_BYTES,
+        );
+        // "0s" = off (SPEC §2).
+        let ping_interval = match &raw.ping_interval {
+            None => defaults::PING_INTERVAL,
+            Some(text) => Some(self.duration(&at.key("ping_interval"), Some(text), Duration::ZERO))
+                .filter(|d| !d.is_zero()),
+        };
+        let ping_timeout = self.positive_duration(
+            &at.key("ping_timeout"),
+            raw.ping_timeout.as_ref(),
+            defaults::PING_TIMEOUT,
+        );
+        let close_code = match raw.close_code {
+            None => defaults::CLOSE_CODE,
+            Some(code) if is_sendable_close_code(code) => {
+                u16::try_from(code).unwrap_or(defaults::CLOSE_CODE)
+            }
+            Some(code) => {
+                self.bad(
+                    &at.key("close_code"),
+                    format!("close_code {code} cannot be sent in a close frame: use 1000-4999, except 1004-1006 and 1015 (RFC 6455 §7.4)"),
+                );
+                defaults::CLOSE_CODE
+            }
+        };
+        Some(InspectRoute {
+            max_message_bytes,
+            max_frame_bytes,
+            ping_interval,
+            ping_timeout,
+            close_code,
+        })
+    }
+
+    /// A byte count where 0 means no limit.
+    fn byte_limit(&mut self, at: &KeyPath, raw: Option<i64>, default: Option<u64>) -> Option<u64> {
+        match raw {
+            None => default,
+            Some(0) => None,
+            Some(n) => u64::try_from(n).map(Some).unwrap_or_else(|_| {
+                self.bad(at, format!("{n} must be 0 (no limit) or a number of bytes"));
+                default
+            }),
+        }
+    }
+
+    /// `max_lifetime` and `max_lifetime_jitter` (SPEC §5), for any route. A jitter is refused,
+    /// not clamped, unless it is shorter than the cap: a jitter as long as the cap would let a
+    /// tunnel be closed right after it opened, which is never what the operator meant.
+    fn lifetime(&mut self, at: &KeyPath, raw: &RawRoute) -> (Option<Duration>, Duration) {
+        let before = self.problems.len();
+        // "0s" = no cap (SPEC §2).
+        let max_lifetime = match &raw.max_lifetime {
+            None => defaults::MAX_LIFETIME,
+            Some(text) => Some(self.duration(&at.key("max_lifetime"), Some(text), Duration::ZERO))
+                .filter(|d| !d.is_zero()),
+        };
+        let jitter_at = at.key("max_lifetime_jitter");
+        let Some(text) = &raw.max_lifetime_jitter else {
+            return (max_lifetime, defaults::MAX_LIFETIME_JITTER);
+        };
+        let jitter = self.duration(&jitter_at, Some(text), defaults::MAX_LIFETIME_JITTER);
+        // A malformed cap or jitter is reported already; comparing the stand-ins would only
+        // add a second, misleading problem.
+        if jitter.is_zero() || self.problems.len() > before {
+            return (max_lifetime, defaults::MAX_LIFETIME_JITTER);
+        }
+        match (max_lifetime, &raw.max_lifetime) {
+            (Some(cap), Some(cap_text)) if jitter >= cap => {
+                self.bad(
+                    &jitter_at,
+                    format!(
+                        "max_lifetime_jitter {:?} must be shorter than max_lifetime {:?}",
+                        text.0, cap_text.0
+                    ),
+                );
+                (max_lifetime, defaults::MAX_LIFETIME_JITTER)
+            }
+            (Some(_), _) => (max_lifetime, jitter),
+            (None, _) => {
+                self.bad(
+                    &jitter_at,
+                    "max_lifetime_jitter shortens max_lifetime, which this route does not set (or sets to \"0s\", no cap)",
+                );
+                (None, defaults::MAX_LIFETIME_JITTER)
+            }
         }
     }
 }

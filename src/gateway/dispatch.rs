@@ -12,6 +12,7 @@ use http::{HeaderValue, Response};
 use hyper::body::Incoming;
 
 use super::Conn;
+use super::tunnels::TunnelPlan;
 use crate::access::AccessRecord;
 use crate::error::{Reject, UpstreamFault};
 use crate::handshake::{self, ForwardInfo, Upgrade};
@@ -43,6 +44,8 @@ pub(crate) struct Switched {
     /// An RFC 8441 tunnel stream's own connection slot (SPEC §6 "h2 limits"), held while it
     /// runs; `None` on HTTP/1.1, where the connection's permit is the tunnel's.
     pub(crate) stream_permit: Option<ConnPermit>,
+    /// What the route and the 101 ask of the tunnel (inspection, lifetime cap).
+    pub(crate) plan: TunnelPlan,
 }
 
 impl Conn {
@@ -114,6 +117,7 @@ impl Conn {
             upstream: io::upstream_leg(upstream),
             lease,
             stream_permit,
+            plan: TunnelPlan::new(route, &upgrade, &head),
         }))
     }
 

@@ -60,7 +60,8 @@ impl Conn {
                     Some(client) => {
                         let client = client_leg(client, self.carrier.extended_connect());
                         let (up, lease) = (switched.upstream, switched.lease);
-                        self.open_tunnel(client, up, lease, switched.stream_permit, &rec);
+                        let (permit, plan) = (switched.stream_permit, switched.plan);
+                        self.open_tunnel(client, up, lease, permit, plan, &rec);
                     }
                     None => tracing::error!("upgrade request without hyper's upgrade handle"),
                 }

@@ -15,10 +15,11 @@ mod hyper_front;
 mod tunnels;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::Carrier;
@@ -57,7 +58,9 @@ impl Runtime {
 /// Process-wide state shared by every listener and connection.
 #[derive(Debug)]
 pub(crate) struct Gateway {
-    runtime: RwLock<Arc<Runtime>>,
+    /// The current generation; a watch so that inspected tunnels learn of a reload (SPEC §9)
+    /// without polling.
+    runtime: watch::Sender<Arc<Runtime>>,
     pub(crate) metrics: Metrics,
     pub(crate) limiter: Arc<ConnLimiter>,
     pub(crate) shutdown: Shutdown,
@@ -70,7 +73,7 @@ impl Gateway {
         let shutdown = Shutdown::default();
         runtime.upstreams.start_health_checks(&shutdown);
         Arc::new(Gateway {
-            runtime: RwLock::new(Arc::new(runtime)),
+            runtime: watch::Sender::new(Arc::new(runtime)),
             metrics,
             limiter: Arc::default(),
             shutdown,
@@ -79,7 +82,13 @@ impl Gateway {
 
     /// The configuration generation new connections use.
     pub(crate) fn runtime(&self) -> Arc<Runtime> {
-        Arc::clone(&self.runtime.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.runtime.borrow())
+    }
+
+    /// Sees every generation made current after this call, for a tunnel that ends politely when
+    /// a reload unroutes it.
+    pub(crate) fn runtime_changes(&self) -> watch::Receiver<Arc<Runtime>> {
+        self.runtime.subscribe()
     }
 
     /// Makes `runtime` the generation for new connections; open connections and tunnels keep theirs.
@@ -88,10 +97,7 @@ impl Gateway {
     pub(crate) fn replace_runtime(&self, runtime: Runtime) {
         runtime.upstreams.start_health_checks(&self.shutdown);
         let kept = runtime.upstreams.server_labels();
-        let old = std::mem::replace(
-            &mut *self.runtime.write().unwrap_or_else(|p| p.into_inner()),
-            Arc::new(runtime),
-        );
+        let old = self.runtime.send_replace(Arc::new(runtime));
         old.upstreams.stop_health_checks();
         for (upstream, server) in old.upstreams.server_labels() {
             if !kept.contains(&(upstream.clone(), server.clone())) {

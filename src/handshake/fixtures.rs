@@ -30,6 +30,9 @@ fn route(path: &str, subprotocols: &[(&str, &str)]) -> RouteConfig {
                 upstream: u.to_string(),
             })
             .collect(),
+        inspect: None,
+        max_lifetime: None,
+        max_lifetime_jitter: std::time::Duration::ZERO,
     }
 }
 

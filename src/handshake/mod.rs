@@ -14,7 +14,8 @@
 //! 5. [`Upgrade::upstream_request`] ([`upstream_request`]) / [`forward_headers`] — what goes
 //!    upstream (§4);
 //! 6. [`Upgrade::check_upstream`] ([`check_upstream_101`] / [`check_upstream_other_101`]) — the
-//!    upstream's answer (§4);
+//!    upstream's answer (§4); for an inspected tunnel, [`accepted_extensions`] reads which RSV
+//!    bits its frames may set (§9);
 //! 7. [`Upgrade::client_success`] — the 101 (HTTP/1.1) or 200 (extended CONNECT) to the client.
 //!
 //! Where the carrier matters (HTTP/1.1 `GET` + `Upgrade` or an extended CONNECT), the rules ask
@@ -24,6 +25,7 @@
 //! and `sha1`, never `tokio` or `hyper`. Randomness (h2's fresh key) comes from the caller.
 
 mod client;
+mod extensions;
 mod key;
 pub(crate) mod target;
 pub(crate) mod tokens;
@@ -32,6 +34,7 @@ mod upstream;
 pub(crate) use client::{
     Negotiated, check_other_upgrade, client_success, client_success_other, negotiate,
 };
+pub(crate) use extensions::accepted_extensions;
 pub(crate) use key::{accept_key, key_from_bytes};
 pub(crate) use target::check_path;
 pub(crate) use upstream::{

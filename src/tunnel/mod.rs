@@ -327,6 +327,8 @@ pub(crate) struct TunnelOutcome {
 ///   peer sees it; `closed_by` is the failing side, or `Error` if the failure is not a sign of
 ///   that peer going away;
 /// - no byte moved either way for `cfg.idle_timeout` (`Idle`);
+/// - the tunnel reached `cfg.max_lifetime` (`Lifetime`; for an opaque tunnel a plain close of
+///   both legs, SPEC §5);
 /// - `drain` completes (`Drain`): the drain deadline passed.
 ///
 /// `polite` completes when the gateway wants the tunnel ended politely (SPEC §9); only an
@@ -364,6 +366,7 @@ where
         () = drain => ClosedBy::Drain,
         end = copy => end.closed_by(),
         () = idle_deadline(cfg.idle_timeout, &meter) => ClosedBy::Idle,
+        () = lifetime_deadline(cfg.max_lifetime, &meter) => ClosedBy::Lifetime,
     };
     TunnelOutcome {
         bytes_up: meter.bytes_up(),
@@ -487,6 +490,17 @@ async fn idle_deadline(timeout: Option<Duration>, meter: &Meter<'_>) {
             return;
         }
         sleep.as_mut().reset(deadline);
+    }
+}
+
+/// Waits until the tunnel is `cap` old (from its start, whatever moves); `None` or zero: never.
+async fn lifetime_deadline(cap: Option<Duration>, meter: &Meter<'_>) {
+    let deadline = cap
+        .filter(|c| !c.is_zero())
+        .and_then(|c| meter.started().checked_add(c));
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -949,6 +963,66 @@ mod tests {
                 read_all(&mut rig.upstream_app).await.len() as u64,
                 out.bytes_up
             );
+        })
+        .await
+        .unwrap();
+    }
+
+    /// On tokio's paused clock: `max_lifetime` ends a busy opaque tunnel at its age cap (traffic
+    /// does not extend it), closing both legs plainly with nothing added.
+    #[tokio::test(start_paused = true)]
+    async fn max_lifetime_closes_a_busy_opaque_tunnel_at_its_cap() {
+        timeout(PAUSED_LIMIT, async {
+            let cap = Duration::from_secs(90);
+            let cfg = TunnelConfig {
+                idle_timeout: Some(Duration::from_secs(10)),
+                max_lifetime: Some(cap),
+                ..TunnelConfig::default()
+            };
+            let mut rig = duplex_rig(cfg, std::future::pending());
+            let mut echoed = 0u64;
+            while !rig.tunnel.is_finished() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if rig.client_app.write_all(b"x").await.is_err() {
+                    break;
+                }
+                let mut x = [0u8; 1];
+                if rig.upstream_app.read_exact(&mut x).await.is_err() {
+                    break;
+                }
+                echoed += 1;
+            }
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Lifetime);
+            assert!(
+                out.duration >= cap && out.duration < cap + Duration::from_millis(10),
+                "ended after {:?}",
+                out.duration
+            );
+            assert!(echoed >= 89, "only {echoed} bytes before the cap");
+            assert_eq!(read_all(&mut rig.client_app).await, b"");
+            assert_eq!(read_all(&mut rig.upstream_app).await, b"");
+        })
+        .await
+        .unwrap();
+    }
+
+    /// No cap, or a zero one, never ends a tunnel.
+    #[tokio::test(start_paused = true)]
+    async fn no_or_zero_max_lifetime_means_no_cap() {
+        timeout(PAUSED_LIMIT, async {
+            for cap in [None, Some(Duration::ZERO)] {
+                let cfg = TunnelConfig {
+                    max_lifetime: cap,
+                    ..TunnelConfig::default()
+                };
+                let (drain_tx, drain_rx) = oneshot::channel();
+                let rig = duplex_rig(cfg, testing::drain_on(drain_rx));
+                tokio::time::sleep(Duration::from_secs(7 * 24 * 3600)).await;
+                assert!(!rig.tunnel.is_finished(), "{cap:?}");
+                drain_tx.send(()).unwrap();
+                assert_eq!(rig.tunnel.await.unwrap().closed_by, ClosedBy::Drain);
+            }
         })
         .await
         .unwrap();

@@ -148,3 +148,55 @@ async fn bench_refuses_targets_off_loopback() {
     })
     .await;
 }
+
+/// A config with one route `/ws` (fallback `app`) carrying `keys` (TOML lines).
+fn route_keys_config(keys: &str) -> String {
+    let upstream = refused_addr();
+    format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[upstreams.app]\nservers = [\"{upstream}\"]\n\n\
+         [[route]]\npath = \"/ws\"\nfallback = \"app\"\n{keys}\n"
+    )
+}
+
+/// SPEC §2 `check` rules of §9, through the real binary: each bad route key exits 2 with
+/// `FILE:LINE: route[0].KEY: problem` (the first key is on line 10); the same keys valid pass.
+#[tokio::test]
+async fn check_inspect_and_lifetime_keys() {
+    bounded("check_inspect_and_lifetime_keys", async {
+        let dir = unique_temp_dir("cli-inspect");
+        #[rustfmt::skip]
+        let bad: &[(&str, &str, &str, &str)] = &[
+            // (keys, the key named, its line, what the problem says)
+            ("max_message_bytes = 1000", "max_message_bytes", ":10:", "inspect = true"),
+            ("inspect = false\nmax_frame_bytes = 1000", "max_frame_bytes", ":11:", "inspect = true"),
+            ("ping_interval = \"5s\"", "ping_interval", ":10:", "inspect = true"),
+            ("ping_timeout = \"5s\"", "ping_timeout", ":10:", "inspect = true"),
+            ("close_code = 1001", "close_code", ":10:", "inspect = true"),
+            ("inspect = true\nclose_code = 1006", "close_code", ":11:", "1006"),
+            ("inspect = true\nclose_code = 5000", "close_code", ":11:", "1000-4999"),
+            ("inspect = true\nping_interval = 30", "ping_interval", ":11:", "integer `30`"),
+            ("max_lifetime = \"10 fortnights\"", "max_lifetime", ":10:", "\"10 fortnights\""),
+            ("max_lifetime = \"1m\"\nmax_lifetime_jitter = \"2m\"", "max_lifetime_jitter", ":11:", "shorter than max_lifetime"),
+        ];
+        for (i, (keys, key, line, says)) in bad.iter().enumerate() {
+            let path = write_config(&dir, &format!("bad{i}.toml"), &route_keys_config(keys));
+            let (code, out, err) = run_cli(&["check", "--config", &path]).await;
+            let all = format!("{out}{err}");
+            assert_eq!(code, 2, "{keys:?}: exit {code}, output {all:?}");
+            let prefix = format!("{path}{line} route[0].{key}: ");
+            assert!(all.contains(&prefix), "{keys:?}: expected {prefix:?} in {all:?}");
+            assert!(all.contains(says), "{keys:?}: expected {says:?} in {all:?}");
+        }
+        for keys in [
+            "inspect = true\nmax_message_bytes = 1048576\nmax_frame_bytes = 0\nping_interval = \"30s\"\nping_timeout = \"10s\"\nclose_code = 1012\nmax_lifetime = \"1h\"\nmax_lifetime_jitter = \"5m\"",
+            "max_lifetime = \"10m\"\nmax_lifetime_jitter = \"1m\"",
+        ] {
+            let path = write_config(&dir, "good.toml", &route_keys_config(keys));
+            let (code, out, err) = run_cli(&["check", "--config", &path]).await;
+            assert_eq!(code, 0, "{keys:?}: stdout {out:?} stderr {err:?}");
+            assert!(out.lines().any(|l| l.trim() == "ok"), "{keys:?}: {out:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

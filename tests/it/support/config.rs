@@ -24,6 +24,8 @@ pub struct Route {
     subprotocols: Vec<(String, String)>,
     /// `upgrades = [{ token, upstream }]`.
     upgrades: Vec<(String, String)>,
+    /// Other keys, as `KEY = VALUE` with the value already TOML.
+    keys: Vec<(String, String)>,
 }
 
 impl Route {
@@ -38,7 +40,15 @@ impl Route {
             http: None,
             subprotocols: Vec::new(),
             upgrades: Vec::new(),
+            keys: Vec::new(),
         }
+    }
+
+    /// Any other route key, `value` written as TOML (`"1s"` quoted, numbers and booleans bare),
+    /// e.g. `.key("max_lifetime", "\"1s\"")` or `.key("inspect", "true")`.
+    pub fn key(mut self, key: &str, value: &str) -> Route {
+        self.keys.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// `http = "UPSTREAM"`: ordinary requests are reverse-proxied there.
@@ -116,6 +126,9 @@ impl Route {
                 .map(|(t, u)| format!("{{ token = {}, upstream = {} }}", q(t), q(u)))
                 .collect();
             out.push_str(&format!("upgrades = [{}]\n", list.join(", ")));
+        }
+        for (key, value) in &self.keys {
+            out.push_str(&format!("{key} = {value}\n"));
         }
         for (name, upstream) in &self.subprotocols {
             out.push_str(&format!(
