@@ -116,9 +116,6 @@ pub(crate) enum UpstreamFault {
     /// The upstream sent no parseable HTTP/1.1 response head (or closed before one).
     #[error("no valid HTTP response")]
     NoValidResponse,
-    /// The upstream answered 101 and the connection was gone before the tunnel got it.
-    #[error("connection lost after 101")]
-    LostAfter101,
     /// h2 only (RFC 8441 §5, RFC 9113 §8.5): a 2xx on a CONNECT stream means "tunnel open", so a
     /// non-101 2xx from the upstream is not relayed.
     #[error("upstream answered {status} instead of 101")]

@@ -105,19 +105,12 @@ pub(crate) fn h2_client_leg(upgraded: Upgraded) -> Leg {
     Leg::stream(H2ClientStream(TokioIo::new(upgraded)), Bytes::new())
 }
 
-/// The upstream side of a tunnel as a leg: hyper's client connection ran over
-/// `TokioIo<UpstreamStream>` (`Upstreams::upgrade`); its plain TCP variant becomes a TCP leg.
-/// The early bytes are what the upstream sent right behind its 101 head.
-pub(crate) fn upstream_leg(upgraded: Upgraded) -> Leg {
-    match upgraded.downcast::<TokioIo<UpstreamStream>>() {
-        Ok(parts) => match parts.io.into_inner() {
-            UpstreamStream::Tcp(stream) => Leg::tcp(stream, parts.read_buf),
-            UpstreamStream::Tls(stream) => Leg::Stream {
-                stream,
-                early: parts.read_buf,
-            },
-        },
-        Err(upgraded) => Leg::stream(TokioIo::new(upgraded), Bytes::new()),
+/// The upstream side of a tunnel as a leg: a plain TCP connection becomes a TCP leg (splice can
+/// take it), a TLS one a stream leg. `early`: what the upstream sent right behind its 101 head.
+pub(crate) fn upstream_leg(stream: UpstreamStream, early: Bytes) -> Leg {
+    match stream {
+        UpstreamStream::Tcp(stream) => Leg::tcp(stream, early),
+        UpstreamStream::Tls(stream) => Leg::Stream { stream, early },
     }
 }
 
@@ -364,10 +357,10 @@ mod tests {
 
     const UPSTREAM_EARLY: &[u8] = b"UP-EARLY\x00\xff\x81\x05";
 
-    /// An upstream upgrade as `Upstreams::upgrade` runs it, hyper's client over
-    /// `TokioIo<UpstreamStream>`: `upstream` answers 101 with [`UPSTREAM_EARLY`] behind the head
-    /// in one write, then `later` once the leg is checked. Returns the leg and asserts that the
-    /// later bytes come from its stream.
+    /// An upstream upgrade as `Upstreams::upgrade` runs it, the upgrade client over an
+    /// `UpstreamStream`: `upstream` answers 101 with [`UPSTREAM_EARLY`] behind the head in one
+    /// write, then `later` once the leg is checked. Returns the leg and asserts that the later
+    /// bytes come from its stream.
     async fn upstream_upgrade<S>(mut upstream: S, gw: UpstreamStream) -> Leg
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -381,20 +374,14 @@ mod tests {
             upstream.flush().await.unwrap();
             upstream
         });
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(gw))
-                .await
-                .unwrap();
-        tokio::spawn(conn.with_upgrades());
         let request = Request::get("/t")
             .header("host", "gw")
             .header("connection", "upgrade")
             .header("upgrade", "foo")
-            .body(Empty::new())
+            .body(())
             .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-        let leg = upstream_leg(hyper::upgrade::on(response).await.unwrap());
+        let (io, early) = crate::upstream::switch_for_tests(gw, request).await;
+        let leg = upstream_leg(io, early);
         let mut upstream = server.await.unwrap();
         upstream.write_all(b"later").await.unwrap();
         upstream.flush().await.unwrap();

@@ -9,7 +9,6 @@
 use http::header::CONNECTION;
 use http::request::Parts;
 use http::{HeaderValue, Response};
-use hyper::body::Incoming;
 
 use super::Conn;
 use super::tunnels::TunnelPlan;
@@ -19,7 +18,7 @@ use crate::handshake::{self, ForwardInfo, Upgrade};
 use crate::io;
 use crate::limits::ConnPermit;
 use crate::tunnel::Leg;
-use crate::upstream::{Answer, ServerLease};
+use crate::upstream::{Answer, RelayBody, ServerLease};
 
 /// What a request became, for its front to answer.
 pub(crate) enum Outcome {
@@ -30,7 +29,7 @@ pub(crate) enum Outcome {
     Switched(Switched),
     /// The upstream refused the upgrade: its answer, made safe to relay. The client connection
     /// is never tunnelled after it (SPEC §4).
-    Refused(Response<Incoming>),
+    Refused(Response<RelayBody>),
 }
 
 /// A handshake that succeeded on both hops.
@@ -108,13 +107,18 @@ impl Conn {
             .upgrade(pool, request, self.addrs(), None)
             .await?;
         let (head, upstream, lease) = match answer {
-            Answer::Switched { head, io, lease } => (head, io, lease),
+            Answer::Switched {
+                head,
+                io,
+                early,
+                lease,
+            } => (head, io::upstream_leg(io, early), lease),
             Answer::Refused(response) => return self.refused(response).map(Outcome::Refused),
         };
         upgrade.check_upstream(&head)?;
         Ok(Outcome::Switched(Switched {
             response: upgrade.client_success(&head, carrier),
-            upstream: io::upstream_leg(upstream),
+            upstream,
             lease,
             stream_permit,
             plan: TunnelPlan::new(route, &upgrade, &head),
@@ -123,7 +127,7 @@ impl Conn {
 
     /// A non-101 upstream answer, made safe to relay: hop-by-hop fields dropped and, where the
     /// carrier can say so, the client connection closed after it.
-    fn refused(&self, response: Response<Incoming>) -> Result<Response<Incoming>, Reject> {
+    fn refused(&self, response: Response<RelayBody>) -> Result<Response<RelayBody>, Reject> {
         if self.carrier.extended_connect() && response.status().is_success() {
             // RFC 8441 §5 / RFC 9113 §8.5: a 2xx on a CONNECT stream means "tunnel open", so
             // relaying an upstream's non-101 2xx would tell the client its WebSocket is up.

@@ -53,7 +53,7 @@ impl Conn {
                 };
                 return Ok(self.proxy_plain(&parts, body, &upstream, &fwd).await);
             }
-            Ok(Outcome::Refused(response)) => response.map(BodyExt::boxed),
+            Ok(Outcome::Refused(response)) => response.map(|b| b.map_err(Into::into).boxed()),
             Ok(Outcome::Switched(switched)) => {
                 let response = switched.response.map(|()| empty());
                 match parts.extensions.remove::<OnUpgrade>() {
@@ -109,7 +109,7 @@ impl Conn {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
                 handshake::strip_hop_by_hop(&mut head.headers);
-                Response::from_parts(head, body.boxed())
+                Response::from_parts(head, body.map_err(Into::into).boxed())
             }
         }
     }

@@ -31,8 +31,9 @@ use crate::route::RouteTable;
 use crate::shutdown::Shutdown;
 use crate::upstream::{self, Upstreams};
 
-/// Body of every response the gateway sends: its own answers, and relayed upstream bodies.
-pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Body of every response the gateway sends: its own answers, and relayed upstream bodies
+/// (from hyper's `http` client, or read by the upgrade client for a refused upgrade).
+pub(crate) type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Everything built from one configuration; replaced as a whole on reload, while connections
 /// keep the generation they started with.

@@ -699,7 +699,6 @@ mod tests {
             (F::SubprotocolOther { selected: "mqtt".into() }, "Sec-WebSocket-Protocol is not mqtt"),
             (F::SubprotocolNotOffered, "Sec-WebSocket-Protocol sent though none was offered"),
             (F::NoValidResponse, "no valid HTTP response"),
-            (F::LostAfter101, "connection lost after 101"),
             (F::SuccessInsteadOf101 { status: StatusCode::OK }, "upstream answered 200 OK instead of 101"),
         ];
         for (fault, text) in rows {

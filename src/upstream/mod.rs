@@ -43,7 +43,7 @@ use crate::shutdown::Shutdown;
 
 pub(crate) use self::http::HTTP_AUTHORITY;
 pub(crate) use self::pool::{Pool, PoolError, ServerLease};
-pub(crate) use self::upgrade::Answer;
+pub(crate) use self::upgrade::{Answer, RelayBody};
 
 /// All upstreams of one configuration.
 #[derive(Debug)]
@@ -143,6 +143,21 @@ impl Upstreams {
     ) -> Result<Response<Incoming>, Reject> {
         let client = self.http.get(name).ok_or(Reject::UpstreamUnreachable)?;
         http::forward(client, name, request, self.handshake_timeout).await
+    }
+}
+
+/// Runs the upgrade exchange on `io` as [`Upstreams::upgrade`] does and returns the switched
+/// connection with its early bytes (panics on any other answer).
+#[cfg(test)]
+pub(crate) async fn switch_for_tests(
+    io: crate::io::UpstreamStream,
+    request: Request<()>,
+) -> (crate::io::UpstreamStream, bytes::Bytes) {
+    let server = Arc::clone(&pool::tests::pool(crate::config::Balance::RoundRobin, 1).servers()[0]);
+    let lease = ServerLease::new(server);
+    match upgrade::send(io, lease, request, Duration::from_secs(5), "t").await {
+        Ok(Answer::Switched { io, early, .. }) => (io, early),
+        _ => panic!("the upstream did not switch"),
     }
 }
 
