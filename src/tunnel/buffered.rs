@@ -228,6 +228,7 @@ mod tests {
                     Leg::stream(upstream_gw, Bytes::from_static(b"ue")),
                     &TunnelConfig::default(),
                     std::future::pending(),
+                    std::future::pending(),
                 )
                 .await
             });

@@ -38,6 +38,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::either::Either;
 
+/// Defined with the frame follower; part of the tunnel's configuration and report.
+pub(crate) use crate::ws::{CloseReason, Extensions};
 pub(crate) use leg::Leg;
 use leg::LegIo;
 use meter::{Meter, Side};
@@ -74,15 +76,6 @@ pub(crate) struct InspectConfig {
     pub(crate) close_code: u16,
     /// The extensions the upstream accepted in its 101, which decide which RSV bits are legal.
     pub(crate) extensions: Extensions,
-}
-
-/// The WebSocket extensions in force on a tunnel (the upstream's `Sec-WebSocket-Extensions`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Extensions {
-    /// `permessage-deflate` was accepted: RSV1 marks compressed messages.
-    pub(crate) permessage_deflate: bool,
-    /// Some extension was accepted: RSV2/RSV3 may be in use.
-    pub(crate) any: bool,
 }
 
 /// Why the gateway ends an inspected tunnel politely (close frames at frame boundaries, SPEC
@@ -131,40 +124,6 @@ pub(crate) struct CloseSeen {
     pub(crate) reason: CloseReason,
     /// Who sent it.
     pub(crate) initiator: Initiator,
-}
-
-/// A close reason held inline, so reporting a close allocates nothing.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CloseReason {
-    bytes: [u8; CloseReason::MAX],
-    len: u8,
-}
-
-impl CloseReason {
-    /// RFC 6455 §5.5: a control payload is at most 125 bytes, two of them the code.
-    pub(crate) const MAX: usize = 123;
-
-    /// The reason, cut at [`CloseReason::MAX`] bytes.
-    pub(crate) fn new(reason: &[u8]) -> Self {
-        let len = reason.len().min(Self::MAX);
-        let mut bytes = [0; Self::MAX];
-        bytes[..len].copy_from_slice(&reason[..len]);
-        CloseReason {
-            bytes,
-            len: len as u8,
-        }
-    }
-
-    /// The reason's bytes.
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl fmt::Debug for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.as_bytes().escape_ascii().to_string())
-    }
 }
 
 /// Which side sent a tunnel's first close frame (`close_initiator`, SPEC §9).
@@ -615,6 +574,7 @@ mod tests {
                     leg(engine, upstream_gw, b"EARLY-U\x81\x05"),
                     &TunnelConfig::default(),
                     std::future::pending(),
+                    std::future::pending(),
                 )
                 .await;
                 assert_eq!(out.engine, engine);
@@ -793,6 +753,7 @@ mod tests {
                     leg(client_tcp, client_gw),
                     leg(upstream_tcp, upstream_gw),
                     &cfg,
+                    std::future::pending(),
                     std::future::pending(),
                 )
                 .await;
@@ -1014,6 +975,7 @@ mod tests {
                 Leg::tcp(a, Bytes::new()),
                 Leg::stream(b, Bytes::new()),
                 &cfg,
+                std::future::pending(),
                 async {},
             );
             assert_send(&fut);
@@ -1022,6 +984,7 @@ mod tests {
                 Leg::tcp(a, Bytes::new()),
                 Leg::tcp(b, Bytes::new()),
                 &cfg,
+                std::future::pending(),
                 async {},
             );
             assert_send(&fut);

@@ -81,7 +81,10 @@ where
     let (upstream_app, upstream_gw) = tokio::io::duplex(1024);
     let client = Leg::stream(client_gw, Bytes::new());
     let upstream = Leg::stream(upstream_gw, Bytes::new());
-    let tunnel = tokio::spawn(async move { run(client, upstream, &cfg, drain).await });
+    let tunnel =
+        tokio::spawn(
+            async move { run(client, upstream, &cfg, std::future::pending(), drain).await },
+        );
     Rig {
         client_app,
         upstream_app,
