@@ -15,10 +15,12 @@
 //! - `pool.rs`: the per-thread pool of copy buffers;
 //! - `duplex.rs`: what the engines share: the two-direction driver, pump state, failures;
 //! - one file per engine, each returning a `CopyEnd`: `splice.rs` (Linux) for a pair of plain
-//!   TCP legs, `buffered.rs` for any legs. An inspecting engine slots in beside them.
+//!   TCP legs, `buffered.rs` for any legs, `inspect.rs` for any legs of a route with
+//!   `inspect = true` (it follows WebSocket frames with `crate::ws`, SPEC §9).
 
 mod buffered;
 mod duplex;
+mod inspect;
 mod leg;
 mod meter;
 mod pool;
@@ -156,6 +158,7 @@ pub(crate) struct ByteCounters {
     down: Arc<AtomicU64>,
     splice_tunnels: Arc<AtomicU64>,
     buffered_tunnels: Arc<AtomicU64>,
+    inspect_tunnels: Arc<AtomicU64>,
 }
 
 impl ByteCounters {
@@ -183,6 +186,7 @@ impl ByteCounters {
         match engine {
             Engine::Splice => &self.splice_tunnels,
             Engine::Buffered => &self.buffered_tunnels,
+            Engine::Inspect => &self.inspect_tunnels,
         }
     }
 }
@@ -194,17 +198,20 @@ pub(crate) enum Engine {
     Splice,
     /// Through user-space buffers, for any legs.
     Buffered,
+    /// Through user-space buffers, following WebSocket frames (SPEC §9), for any legs.
+    Inspect,
 }
 
 impl Engine {
     /// Every engine, in the order metrics list them.
-    pub(crate) const ALL: [Engine; 2] = [Engine::Splice, Engine::Buffered];
+    pub(crate) const ALL: [Engine; 3] = [Engine::Splice, Engine::Buffered, Engine::Inspect];
 
     /// The lowercase word used in logs and metric labels.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Engine::Splice => "splice",
             Engine::Buffered => "buffered",
+            Engine::Inspect => "inspect",
         }
     }
 }
@@ -289,7 +296,9 @@ pub(crate) struct TunnelOutcome {
 /// - `drain` completes (`Drain`): the drain deadline passed.
 ///
 /// `polite` completes when the gateway wants the tunnel ended politely (SPEC §9); only an
-/// inspected tunnel acts on it.
+/// inspected tunnel acts on it. `cfg.max_lifetime` ends an opaque tunnel at once (`Lifetime`)
+/// and an inspected one politely. An inspected tunnel may also end on a limit, a protocol
+/// violation or a ping timeout (see `inspect.rs`).
 ///
 /// The returned future is `Send` when `P` and `D` are.
 pub(crate) async fn run<P, D>(
@@ -303,14 +312,15 @@ where
     P: Future<Output = PoliteEnd>,
     D: Future<Output = ()>,
 {
-    // Opaque tunnels ignore polite endings (SPEC §7: they live until the drain deadline).
-    drop(polite);
     let meter = Meter::new(cfg.counters.as_ref());
+    let mut report = WsReport::default();
     // In a block so the legs are stored once in this future (inside the copy), not twice.
     let (engine, copy) = {
-        let pair = Pair::pick(client, upstream);
-        (pair.engine(), pair.copy(&meter))
+        let pair = Pair::pick(client, upstream, cfg.inspect.is_some());
+        (pair.engine(), pair.copy(&meter, cfg, polite, &mut report))
     };
+    // An inspected tunnel ends at its lifetime politely, inside its engine.
+    let opaque_lifetime = cfg.max_lifetime.filter(|_| engine != Engine::Inspect);
     if let Some(counters) = &cfg.counters {
         counters
             .engine_count(engine)
@@ -323,6 +333,7 @@ where
         () = drain => ClosedBy::Drain,
         end = copy => end.closed_by(),
         () = idle_deadline(cfg.idle_timeout, &meter) => ClosedBy::Idle,
+        () = lifetime(opaque_lifetime, &meter) => ClosedBy::Lifetime,
     };
     TunnelOutcome {
         bytes_up: meter.bytes_up(),
@@ -330,7 +341,18 @@ where
         closed_by,
         duration: meter.started().elapsed(),
         engine,
-        ws: None,
+        ws: (engine == Engine::Inspect).then_some(report),
+    }
+}
+
+/// Completes `max_lifetime` after the tunnel started; never without one (or a zero one).
+async fn lifetime(max: Option<Duration>, meter: &Meter<'_>) {
+    match max
+        .filter(|m| !m.is_zero())
+        .and_then(|m| meter.started().checked_add(m))
+    {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -349,14 +371,30 @@ enum Pair {
         upstream: LegIo,
         upstream_early: Bytes,
     },
+    Inspect {
+        client: LegIo,
+        client_early: Bytes,
+        upstream: LegIo,
+        upstream_early: Bytes,
+    },
 }
 
 impl Pair {
     /// The one place an engine is chosen: two plain TCP legs splice, unless no pipe can be had
     /// (descriptors exhausted), which falls back to buffers rather than failing the tunnel; TLS
-    /// and h2 legs are buffered. The inspecting engine will take whatever a tunnel mode (a
-    /// `run` argument added with it) asks to inspect.
-    fn pick(client: Leg, upstream: Leg) -> Pair {
+    /// and h2 legs are buffered. A tunnel to `inspect` takes the inspecting engine, whatever
+    /// its legs.
+    fn pick(client: Leg, upstream: Leg, inspect: bool) -> Pair {
+        if inspect {
+            let (client, client_early) = client.into_io();
+            let (upstream, upstream_early) = upstream.into_io();
+            return Pair::Inspect {
+                client,
+                client_early,
+                upstream,
+                upstream_early,
+            };
+        }
         match (client, upstream) {
             #[cfg(target_os = "linux")]
             (
@@ -403,11 +441,22 @@ impl Pair {
             #[cfg(target_os = "linux")]
             Pair::Splice { .. } => Engine::Splice,
             Pair::Buffered { .. } => Engine::Buffered,
+            Pair::Inspect { .. } => Engine::Inspect,
         }
     }
 
-    /// Runs the picked engine to its end.
-    async fn copy(self, meter: &Meter<'_>) -> CopyEnd {
+    /// Runs the picked engine to its end; only the inspecting one uses `cfg.inspect`, `polite`
+    /// and `report`.
+    async fn copy<P>(
+        self,
+        meter: &Meter<'_>,
+        cfg: &TunnelConfig,
+        polite: P,
+        report: &mut WsReport,
+    ) -> CopyEnd
+    where
+        P: Future<Output = PoliteEnd>,
+    {
         match self {
             #[cfg(target_os = "linux")]
             Pair::Splice {
@@ -422,6 +471,31 @@ impl Pair {
                 upstream,
                 upstream_early,
             } => buffered::copy(client, client_early, upstream, upstream_early, meter).await,
+            Pair::Inspect {
+                client,
+                client_early,
+                upstream,
+                upstream_early,
+            } => {
+                let Some(inspect) = &cfg.inspect else {
+                    unreachable!("the inspecting engine is picked only with an InspectConfig");
+                };
+                let setup = inspect::Setup {
+                    cfg: inspect,
+                    max_lifetime: cfg.max_lifetime,
+                    polite,
+                };
+                inspect::copy(
+                    client,
+                    client_early,
+                    upstream,
+                    upstream_early,
+                    setup,
+                    meter,
+                    report,
+                )
+                .await
+            }
         }
     }
 }
@@ -456,6 +530,8 @@ enum CopyEnd {
     BothEof { first: Side },
     /// I/O on `side` failed; the engine stopped at once.
     Failed { side: Side, error: io::Error },
+    /// The engine itself ended the tunnel, for this reason (an inspected tunnel, SPEC §9).
+    Ended(ClosedBy),
 }
 
 impl CopyEnd {
@@ -474,6 +550,7 @@ impl CopyEnd {
                     ClosedBy::Error
                 }
             }
+            CopyEnd::Ended(closed_by) => closed_by,
         }
     }
 }
@@ -500,8 +577,8 @@ mod tests {
     use tokio::time::timeout;
 
     use super::testing::{
-        LIMIT, PAUSED_LIMIT, duplex_rig, leg, no_drain, random_bytes, read_all, rig, tcp_pair,
-        write_in_pieces,
+        LIMIT, OPAQUE, PAUSED_LIMIT, duplex_rig, leg, no_drain, random_bytes, read_all, rig,
+        tcp_pair, write_in_pieces,
     };
     use super::*;
 
@@ -511,7 +588,7 @@ mod tests {
     async fn sixteen_mib_both_ways_concurrently_verbatim() {
         timeout(Duration::from_secs(120), async {
             const LEN: usize = 16 << 20;
-            for (seed, engine) in (1..).step_by(4).zip(Engine::ALL) {
+            for (seed, engine) in (1..).step_by(4).zip(OPAQUE) {
                 let up_data = random_bytes(LEN, seed);
                 let down_data = random_bytes(LEN, seed + 1);
                 let counters = ByteCounters::new();
@@ -558,7 +635,7 @@ mod tests {
     #[tokio::test]
     async fn early_bytes_are_delivered_before_later_bytes_both_ways() {
         timeout(LIMIT, async {
-            for engine in Engine::ALL {
+            for engine in OPAQUE {
                 let (mut client_app, client_gw) = tcp_pair().await;
                 let (mut upstream_app, upstream_gw) = tcp_pair().await;
                 // Queue the later bytes before the tunnel starts reading.
@@ -603,7 +680,7 @@ mod tests {
     #[tokio::test]
     async fn client_half_close_keeps_the_other_direction_open() {
         timeout(LIMIT, async {
-            for engine in Engine::ALL {
+            for engine in OPAQUE {
                 let mut rig = rig(engine, b"", b"", TunnelConfig::default(), no_drain()).await;
                 rig.client_app.write_all(b"hello").await.unwrap();
                 rig.client_app.shutdown().await.unwrap();
@@ -637,7 +714,7 @@ mod tests {
     #[tokio::test]
     async fn upstream_half_close_keeps_the_other_direction_open() {
         timeout(LIMIT, async {
-            for engine in Engine::ALL {
+            for engine in OPAQUE {
                 let mut rig = rig(engine, b"", b"bye", TunnelConfig::default(), no_drain()).await;
                 let tail = random_bytes(300_000, 21);
                 rig.upstream_app.write_all(&tail).await.unwrap();
@@ -701,7 +778,7 @@ mod tests {
 
     #[tokio::test]
     async fn client_reset_closes_upstream_promptly() {
-        for engine in Engine::ALL {
+        for engine in OPAQUE {
             timeout(LIMIT, reset_closes_other_side(engine, true))
                 .await
                 .unwrap();
@@ -710,7 +787,7 @@ mod tests {
 
     #[tokio::test]
     async fn upstream_reset_closes_client_promptly() {
-        for engine in Engine::ALL {
+        for engine in OPAQUE {
             timeout(LIMIT, reset_closes_other_side(engine, false))
                 .await
                 .unwrap();
@@ -776,7 +853,7 @@ mod tests {
     #[test]
     fn engine_words_match_the_access_log() {
         let words: Vec<&str> = Engine::ALL.iter().map(|e| e.as_str()).collect();
-        assert_eq!(words, ["splice", "buffered"]);
+        assert_eq!(words, ["splice", "buffered", "inspect"]);
     }
 
     /// On tokio's paused clock: the idle deadline fires exactly `idle_timeout` after the start of

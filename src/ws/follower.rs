@@ -20,8 +20,9 @@ const OP_PONG: u8 = 0xA;
 const MAX_CONTROL_PAYLOAD: u64 = 125;
 /// 2 bytes, a 64-bit length, a mask key.
 const MAX_HEADER: usize = 14;
-/// A whole masked pong: 2 header bytes, the key, 125 payload bytes.
-const MAX_HELD: usize = 2 + 4 + MAX_CONTROL_PAYLOAD as usize;
+/// The most bytes a follower holds back: a whole masked pong (2 header bytes, the key, 125
+/// payload bytes); an engine keeps this much room in front of each read for [`Step::Release`].
+pub(crate) const MAX_HELD: usize = 2 + 4 + MAX_CONTROL_PAYLOAD as usize;
 
 /// Length of the payload of the gateway's pings (and so of the pongs it swallows).
 pub(crate) const PING_PAYLOAD: usize = 8;

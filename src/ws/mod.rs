@@ -13,7 +13,7 @@ mod writer;
 
 use std::fmt;
 
-pub(crate) use follower::{Close, Follower, Limits, PING_PAYLOAD, Sender, Step, Verdict};
+pub(crate) use follower::{Follower, Limits, MAX_HELD, PING_PAYLOAD, Sender, Step, Verdict};
 pub(crate) use writer::ControlFrame;
 
 /// RFC 6455 §7.4.1: the close codes the gateway itself sends.
