@@ -419,7 +419,13 @@ where
                 let done = to.closed_out() && (!await_replies || dead == Some(side) || replied);
                 if done && !to.shut_requested {
                     to.shut_requested = true;
-                    self.dir_from(side).source_done = true;
+                    self.changed = true;
+                }
+                // Its bytes are not needed once it is done, unless a frame of it in flight
+                // must still reach the other side before the other side's close.
+                let from = self.dir_from(side);
+                if done && from.closed_out() && !from.source_done {
+                    from.source_done = true;
                     self.changed = true;
                 }
             }
@@ -844,5 +850,647 @@ fn initiator(side: Side) -> Initiator {
     match side {
         Side::Client => Initiator::Client,
         Side::Upstream => Initiator::Upstream,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+    use tokio::time::timeout;
+
+    use super::*;
+    use crate::tunnel::testing::{LIMIT, PAUSED_LIMIT, random_bytes, read_all};
+    use crate::tunnel::{Engine, Extensions, Leg, TunnelConfig, TunnelOutcome, run};
+    use crate::ws::testing::frame;
+
+    const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
+    const TEXT: u8 = 0x1;
+    const BINARY: u8 = 0x2;
+    const CONT: u8 = 0x0;
+    const CLOSE: u8 = 0x8;
+    const PING: u8 = 0x9;
+    const PONG: u8 = 0xA;
+    const CC: u16 = 4321;
+
+    /// A frame as the client sends it (masked).
+    fn cf(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        frame(fin, 0, opcode, payload, Some(KEY))
+    }
+
+    /// A frame as the upstream sends it.
+    fn sf(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        frame(fin, 0, opcode, payload, None)
+    }
+
+    fn close_body(code: u16, reason: &[u8]) -> Vec<u8> {
+        [&code.to_be_bytes()[..], reason].concat()
+    }
+
+    fn inspect(f: impl FnOnce(&mut InspectConfig)) -> TunnelConfig {
+        let mut i = InspectConfig {
+            max_message_bytes: None,
+            max_frame_bytes: None,
+            ping_interval: None,
+            ping_timeout: Duration::from_secs(10),
+            close_code: CC,
+            extensions: Extensions::default(),
+        };
+        f(&mut i);
+        TunnelConfig {
+            inspect: Some(i),
+            ..TunnelConfig::default()
+        }
+    }
+
+    struct Rig {
+        client: DuplexStream,
+        upstream: DuplexStream,
+        polite: Option<oneshot::Sender<PoliteEnd>>,
+        drain: Option<oneshot::Sender<()>>,
+        tunnel: JoinHandle<TunnelOutcome>,
+    }
+
+    fn rig_with(
+        cfg: TunnelConfig,
+        client_early: &'static [u8],
+        upstream_early: &'static [u8],
+    ) -> Rig {
+        let (client, client_gw) = tokio::io::duplex(64 * 1024);
+        let (upstream, upstream_gw) = tokio::io::duplex(64 * 1024);
+        let (polite_tx, polite_rx) = oneshot::channel::<PoliteEnd>();
+        let (drain_tx, drain_rx) = oneshot::channel::<()>();
+        let tunnel = tokio::spawn(async move {
+            let polite = async move {
+                match polite_rx.await {
+                    Ok(end) => end,
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            run(
+                Leg::stream(client_gw, Bytes::from_static(client_early)),
+                Leg::stream(upstream_gw, Bytes::from_static(upstream_early)),
+                &cfg,
+                polite,
+                crate::tunnel::testing::drain_on(drain_rx),
+            )
+            .await
+        });
+        Rig {
+            client,
+            upstream,
+            polite: Some(polite_tx),
+            drain: Some(drain_tx),
+            tunnel,
+        }
+    }
+
+    fn rig(cfg: TunnelConfig) -> Rig {
+        rig_with(cfg, b"", b"")
+    }
+
+    /// One frame read off `r`: (opcode, unmasked payload, mask key, the raw bytes).
+    struct Got {
+        opcode: u8,
+        fin: bool,
+        payload: Vec<u8>,
+        key: Option<[u8; 4]>,
+        raw: Vec<u8>,
+    }
+
+    impl Got {
+        fn close(&self) -> (u16, &[u8]) {
+            assert_eq!(self.opcode, CLOSE, "not a close frame");
+            (
+                u16::from_be_bytes([self.payload[0], self.payload[1]]),
+                &self.payload[2..],
+            )
+        }
+    }
+
+    async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Got {
+        let mut raw = vec![0u8; 2];
+        r.read_exact(&mut raw).await.unwrap();
+        let ext = match raw[1] & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let masked = raw[1] & 0x80 != 0;
+        let mut rest = vec![0u8; ext + if masked { 4 } else { 0 }];
+        r.read_exact(&mut rest).await.unwrap();
+        raw.extend(&rest);
+        let len = match ext {
+            2 => u64::from(u16::from_be_bytes([rest[0], rest[1]])),
+            8 => u64::from_be_bytes(rest[..8].try_into().unwrap()),
+            _ => u64::from(raw[1] & 0x7F),
+        } as usize;
+        let key: Option<[u8; 4]> = masked.then(|| rest[ext..ext + 4].try_into().unwrap());
+        let mut payload = vec![0u8; len];
+        r.read_exact(&mut payload).await.unwrap();
+        raw.extend(&payload);
+        if let Some(k) = key {
+            payload
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b ^= k[i % 4]);
+        }
+        Got {
+            opcode: raw[0] & 0x0F,
+            fin: raw[0] & 0x80 != 0,
+            payload,
+            key,
+            raw,
+        }
+    }
+
+    async fn expect_bytes<R: AsyncRead + Unpin>(r: &mut R, want: &[u8]) {
+        let mut got = vec![0u8; want.len()];
+        r.read_exact(&mut got).await.unwrap();
+        assert!(got == want, "bytes differ");
+    }
+
+    /// Frames of every length form, a fragmented message of more than 1 MiB with pings between
+    /// its frames, early bytes first: verbatim both ways, counted; then the peers' close
+    /// handshake passes and the upstream's TCP close ends the tunnel.
+    #[tokio::test]
+    async fn frames_pass_verbatim_and_are_counted() {
+        timeout(LIMIT, async {
+            let c_early = cf(true, TEXT, b"early-c");
+            let u_early = sf(false, TEXT, b"early-u");
+            let c_early: &'static [u8] = Box::leak(c_early.into_boxed_slice());
+            let u_early: &'static [u8] = Box::leak(u_early.into_boxed_slice());
+            let mut rig = rig_with(inspect(|_| {}), c_early, u_early);
+            let big = random_bytes(1 << 20, 3);
+            let mut up = Vec::new();
+            for (i, piece) in big.chunks(70_000).enumerate() {
+                let last = (i + 1) * 70_000 >= big.len();
+                up.extend(cf(last, if i == 0 { BINARY } else { CONT }, piece));
+                up.extend(cf(true, PING, b"between"));
+            }
+            for len in [0, 125, 126, 65535, 65536] {
+                up.extend(cf(true, BINARY, &vec![7u8; len]));
+            }
+            let down = [
+                sf(true, CONT, b"-end"),
+                sf(true, PONG, b"between"),
+                sf(true, BINARY, &[9; 300]),
+            ]
+            .concat();
+            let (mut c_read, mut c_write) = tokio::io::split(rig.client);
+            let (mut u_read, mut u_write) = tokio::io::split(rig.upstream);
+            let sent = up.clone();
+            let writer = tokio::spawn(async move {
+                for piece in sent.chunks(999) {
+                    c_write.write_all(piece).await.unwrap();
+                }
+                c_write
+            });
+            expect_bytes(&mut u_read, c_early).await;
+            expect_bytes(&mut u_read, &up).await;
+            let mut c_write = writer.await.unwrap();
+            u_write.write_all(&down).await.unwrap();
+            expect_bytes(&mut c_read, u_early).await;
+            expect_bytes(&mut c_read, &down).await;
+            let c_close = cf(true, CLOSE, &close_body(1000, b"bye"));
+            c_write.write_all(&c_close).await.unwrap();
+            expect_bytes(&mut u_read, &c_close).await;
+            let u_close = sf(true, CLOSE, &close_body(1000, b"bye"));
+            u_write.write_all(&u_close).await.unwrap();
+            u_write.shutdown().await.unwrap();
+            expect_bytes(&mut c_read, &u_close).await;
+            assert_eq!(read_all(&mut c_read).await, b"");
+            c_write.shutdown().await.unwrap();
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.engine, Engine::Inspect);
+            assert_eq!(out.closed_by, ClosedBy::Upstream);
+            let ws = out.ws.unwrap();
+            let pieces = big.len().div_ceil(70_000) as u64;
+            assert_eq!(
+                (ws.messages_up, ws.frames_up),
+                (1 + 1 + 5, 1 + 2 * pieces + 5 + 1)
+            );
+            assert_eq!((ws.messages_down, ws.frames_down), (2, 1 + 3 + 1));
+            let close = ws.close.unwrap();
+            assert_eq!(
+                (close.code, close.reason.as_bytes(), close.initiator),
+                (1000, &b"bye"[..], Initiator::Client)
+            );
+            let total_up = (c_early.len() + up.len() + c_close.len()) as u64;
+            assert_eq!(out.bytes_up, total_up);
+            rig.polite.take();
+            rig.drain.take();
+        })
+        .await
+        .unwrap();
+    }
+
+    /// SPEC §9 limits: the offender gets 1009, the other side `close_code` (masked towards the
+    /// upstream), nothing of the oversized frame passes, and both legs are closed.
+    #[tokio::test]
+    async fn frame_limit_closes_both_sides_and_forwards_nothing_of_the_frame() {
+        timeout(LIMIT, async {
+            let mut rig = rig(inspect(|i| i.max_frame_bytes = Some(100)));
+            let ok = [cf(true, BINARY, &[1; 100]), cf(true, PING, &[2; 125])].concat();
+            rig.client.write_all(&ok).await.unwrap();
+            expect_bytes(&mut rig.upstream, &ok).await;
+            // The header of a 101-byte frame and part of its payload.
+            rig.client
+                .write_all(&cf(true, BINARY, &[3; 101])[..50])
+                .await
+                .unwrap();
+            let to_client = read_frame(&mut rig.client).await;
+            assert_eq!(to_client.close(), (1009, &b"too big"[..]));
+            assert!(to_client.key.is_none());
+            let to_upstream = read_frame(&mut rig.upstream).await;
+            assert_eq!(to_upstream.close(), (CC, &b"going away"[..]));
+            assert!(to_upstream.key.is_some_and(|k| k != [0; 4]));
+            assert_eq!(read_all(&mut rig.upstream).await, b"");
+            assert_eq!(read_all(&mut rig.client).await, b"");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Limit);
+            let ws = out.ws.unwrap();
+            let close = ws.close.unwrap();
+            assert_eq!((close.code, close.initiator), (1009, Initiator::Gateway));
+            assert_eq!((ws.frames_up, ws.messages_up), (2, 1));
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A message going over `max_message_bytes` in its third frame, from the upstream.
+    #[tokio::test]
+    async fn message_limit_sums_the_frames_of_a_message() {
+        timeout(LIMIT, async {
+            let mut rig = rig(inspect(|i| i.max_message_bytes = Some(1000)));
+            let ok = [sf(false, TEXT, &[1; 400]), sf(false, CONT, &[2; 400])].concat();
+            rig.upstream.write_all(&ok).await.unwrap();
+            expect_bytes(&mut rig.client, &ok).await;
+            rig.upstream
+                .write_all(&sf(true, CONT, &[3; 400]))
+                .await
+                .unwrap();
+            let to_client = read_frame(&mut rig.client).await;
+            assert_eq!(to_client.close().0, CC);
+            let to_upstream = read_frame(&mut rig.upstream).await;
+            assert_eq!(to_upstream.close().0, 1009);
+            assert!(to_upstream.key.is_some());
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Limit);
+            assert_eq!(out.ws.unwrap().close.unwrap().code, 1009);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// SPEC §9 violations: the offender gets 1002, the other side `close_code`, nothing of the
+    /// offending frame passes; while the direction towards the offender is inside a frame, its
+    /// close waits for the end of that frame.
+    #[tokio::test]
+    async fn violation_closes_with_1002_at_the_offenders_next_boundary() {
+        timeout(LIMIT, async {
+            let mut rig = rig(inspect(|_| {}));
+            // The upstream is halfway through a frame to the client.
+            let big = sf(true, BINARY, &[5; 1000]);
+            rig.upstream.write_all(&big[..500]).await.unwrap();
+            expect_bytes(&mut rig.client, &big[..500]).await;
+            // An unmasked client frame.
+            rig.client
+                .write_all(&sf(true, TEXT, b"not masked"))
+                .await
+                .unwrap();
+            let to_upstream = read_frame(&mut rig.upstream).await;
+            assert_eq!(to_upstream.close(), (CC, &b"going away"[..]));
+            rig.upstream.write_all(&big[500..]).await.unwrap();
+            expect_bytes(&mut rig.client, &big[500..]).await;
+            let to_client = read_frame(&mut rig.client).await;
+            assert_eq!(to_client.close(), (1002, &b"protocol error"[..]));
+            assert_eq!(read_all(&mut rig.client).await, b"");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Protocol);
+            let close = out.ws.unwrap().close.unwrap();
+            assert_eq!((close.code, close.initiator), (1002, Initiator::Gateway));
+        })
+        .await
+        .unwrap();
+    }
+
+    /// SPEC §9 polite ending: a drain while the client is inside a large frame. The client gets
+    /// close `close_code` "going away" at once (its direction is at a boundary); the upstream
+    /// gets the rest of the frame, then its close; both connections stay open for the replies,
+    /// after which the tunnel ends (`Drain`).
+    #[tokio::test]
+    async fn drain_closes_politely_after_the_frame_in_flight() {
+        timeout(LIMIT, async {
+            let mut rig = rig(inspect(|_| {}));
+            let big = cf(true, BINARY, &random_bytes(300_000, 9));
+            let cut = 100_014;
+            let (mut c_read, mut c_write) = tokio::io::split(rig.client);
+            let (mut u_read, mut u_write) = tokio::io::split(rig.upstream);
+            c_write.write_all(&big[..cut]).await.unwrap();
+            expect_bytes(&mut u_read, &big[..cut]).await;
+            rig.polite.take().unwrap().send(PoliteEnd::Drain).unwrap();
+            let to_client = read_frame(&mut c_read).await;
+            assert_eq!(to_client.close(), (CC, &b"going away"[..]));
+            let rest = big[cut..].to_vec();
+            let writer = tokio::spawn(async move {
+                c_write.write_all(&rest).await.unwrap();
+                c_write
+            });
+            expect_bytes(&mut u_read, &big[cut..]).await;
+            let to_upstream = read_frame(&mut u_read).await;
+            assert_eq!(to_upstream.close(), (CC, &b"going away"[..]));
+            assert!(to_upstream.key.is_some());
+            let mut c_write = writer.await.unwrap();
+            assert!(!rig.tunnel.is_finished(), "ended before the close replies");
+            // The replies: neither is forwarded (each side already has the gateway's close).
+            c_write
+                .write_all(&cf(true, CLOSE, &close_body(CC, b"")))
+                .await
+                .unwrap();
+            u_write
+                .write_all(&sf(true, CLOSE, &close_body(CC, b"")))
+                .await
+                .unwrap();
+            u_write.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut u_read).await, b"");
+            assert_eq!(read_all(&mut c_read).await, b"");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Drain);
+            let close = out.ws.unwrap().close.unwrap();
+            assert_eq!(
+                (close.code, close.reason.as_bytes(), close.initiator),
+                (CC, &b"going away"[..], Initiator::Gateway)
+            );
+            rig.drain.take();
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A close handshake under way when the polite end comes is left to finish: no frame of
+    /// the gateway's; `closed_by` is the side that sent the first close.
+    #[tokio::test]
+    async fn polite_end_leaves_a_close_handshake_to_finish() {
+        timeout(LIMIT, async {
+            let mut rig = rig(inspect(|_| {}));
+            let c_close = cf(true, CLOSE, &close_body(1000, b"client-bye"));
+            rig.client.write_all(&c_close).await.unwrap();
+            expect_bytes(&mut rig.upstream, &c_close).await;
+            rig.polite.take().unwrap().send(PoliteEnd::Restart).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let u_close = sf(true, CLOSE, &close_body(1000, b"client-bye"));
+            rig.upstream.write_all(&u_close).await.unwrap();
+            rig.upstream.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut rig.client).await, u_close);
+            rig.client.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut rig.upstream).await, b"");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Client);
+            assert_eq!(out.ws.unwrap().close.unwrap().initiator, Initiator::Client);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Peers that never answer the gateway's close frames are closed `GIVE_UP` after them.
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_close_frames_are_given_up_after_five_seconds() {
+        timeout(PAUSED_LIMIT, async {
+            let mut rig = rig(inspect(|_| {}));
+            let started = Instant::now();
+            rig.polite.take().unwrap().send(PoliteEnd::Reload).unwrap();
+            assert_eq!(read_frame(&mut rig.client).await.close().0, CC);
+            assert_eq!(read_frame(&mut rig.upstream).await.close().0, CC);
+            assert_eq!(read_all(&mut rig.client).await, b"");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Drain);
+            let waited = started.elapsed();
+            assert!(
+                waited >= GIVE_UP && waited < GIVE_UP + Duration::from_millis(50),
+                "{waited:?}"
+            );
+            rig.drain.take();
+        })
+        .await
+        .unwrap();
+    }
+
+    /// `max_lifetime` ends an inspected tunnel politely, traffic or not (`Lifetime`).
+    #[tokio::test(start_paused = true)]
+    async fn lifetime_closes_politely() {
+        timeout(PAUSED_LIMIT, async {
+            let mut cfg = inspect(|_| {});
+            cfg.max_lifetime = Some(Duration::from_secs(60));
+            let mut rig = rig(cfg);
+            let started = Instant::now();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let m = cf(true, TEXT, b"traffic");
+            rig.client.write_all(&m).await.unwrap();
+            expect_bytes(&mut rig.upstream, &m).await;
+            let close = read_frame(&mut rig.client).await;
+            assert_eq!(close.close(), (CC, &b"going away"[..]));
+            assert_eq!(started.elapsed(), Duration::from_secs(60));
+            assert_eq!(read_frame(&mut rig.upstream).await.close().0, CC);
+            rig.client
+                .write_all(&cf(true, CLOSE, &close_body(CC, b"")))
+                .await
+                .unwrap();
+            rig.upstream
+                .write_all(&sf(true, CLOSE, &close_body(CC, b"")))
+                .await
+                .unwrap();
+            rig.upstream.shutdown().await.unwrap();
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Lifetime);
+            assert!(out.duration < Duration::from_secs(61));
+            rig.drain.take();
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A peer that is silent but answers pings is kept; the pongs answering gateway pings are
+    /// not forwarded, the peers' own pings and pongs are; pings to the upstream are masked.
+    #[tokio::test(start_paused = true)]
+    async fn answered_pings_keep_a_silent_tunnel_and_their_pongs_are_swallowed() {
+        timeout(PAUSED_LIMIT, async {
+            let cfg = inspect(|i| {
+                i.ping_interval = Some(Duration::from_secs(30));
+                i.ping_timeout = Duration::from_secs(10);
+            });
+            let mut rig = rig(cfg);
+            let mut keys = Vec::new();
+            for _ in 0..3 {
+                let to_client = read_frame(&mut rig.client).await;
+                assert_eq!((to_client.opcode, to_client.key), (PING, None));
+                rig.client
+                    .write_all(&cf(true, PONG, &to_client.payload))
+                    .await
+                    .unwrap();
+                let to_upstream = read_frame(&mut rig.upstream).await;
+                assert_eq!(to_upstream.opcode, PING);
+                keys.push(to_upstream.key.unwrap());
+                rig.upstream
+                    .write_all(&sf(true, PONG, &to_upstream.payload))
+                    .await
+                    .unwrap();
+            }
+            assert_ne!(keys[0], keys[1]);
+            // The peers' own control frames pass; no swallowed pong ever arrived before them.
+            let ping = cf(true, PING, b"client-ping");
+            rig.client.write_all(&ping).await.unwrap();
+            expect_bytes(&mut rig.upstream, &ping).await;
+            let pong = sf(true, PONG, b"client-ping");
+            rig.upstream.write_all(&pong).await.unwrap();
+            expect_bytes(&mut rig.client, &pong).await;
+            let out_before = rig.tunnel.is_finished();
+            assert!(!out_before);
+            rig.client.shutdown().await.unwrap();
+            rig.upstream.shutdown().await.unwrap();
+            let out = rig.tunnel.await.unwrap();
+            assert!(matches!(
+                out.closed_by,
+                ClosedBy::Client | ClosedBy::Upstream
+            ));
+            assert!(out.ws.unwrap().close.is_none());
+            rig.drain.take();
+            rig.polite.take();
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A pinged side that sends nothing within `ping_timeout` ends the tunnel: both sides get
+    /// close 1001, the live side's reply is awaited, `PingTimeout`.
+    #[tokio::test(start_paused = true)]
+    async fn dead_peer_gets_1001_after_ping_timeout() {
+        timeout(PAUSED_LIMIT, async {
+            let cfg = inspect(|i| {
+                i.ping_interval = Some(Duration::from_millis(500));
+                i.ping_timeout = Duration::from_millis(500);
+            });
+            let mut rig = rig(cfg);
+            let started = Instant::now();
+            // The client answers, the upstream is dead.
+            let close = loop {
+                let f = read_frame(&mut rig.client).await;
+                match f.opcode {
+                    PING => rig
+                        .client
+                        .write_all(&cf(true, PONG, &f.payload))
+                        .await
+                        .unwrap(),
+                    _ => break f,
+                }
+            };
+            assert_eq!(close.close().0, 1001);
+            assert_eq!(started.elapsed(), Duration::from_secs(1));
+            let ping = read_frame(&mut rig.upstream).await;
+            assert!(ping.opcode == PING && ping.key.is_some());
+            let close = read_frame(&mut rig.upstream).await;
+            assert!(close.close().0 == 1001 && close.key.is_some());
+            rig.client
+                .write_all(&cf(true, CLOSE, &close_body(1001, b"")))
+                .await
+                .unwrap();
+            assert_eq!(read_all(&mut rig.client).await, b"");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::PingTimeout);
+            let close = out.ws.unwrap().close.unwrap();
+            assert_eq!((close.code, close.initiator), (1001, Initiator::Gateway));
+            rig.drain.take();
+            rig.polite.take();
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A ping goes at a frame boundary of the direction towards its side: never inside the
+    /// frame the upstream is sending to the silent client.
+    #[tokio::test(start_paused = true)]
+    async fn ping_waits_for_a_frame_boundary() {
+        timeout(PAUSED_LIMIT, async {
+            let cfg = inspect(|i| {
+                i.ping_interval = Some(Duration::from_millis(500));
+                i.ping_timeout = Duration::from_secs(2);
+            });
+            let mut rig = rig(cfg);
+            let big = sf(true, BINARY, &random_bytes(20_000, 4));
+            rig.upstream.write_all(&big[..10_000]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            rig.upstream.write_all(&big[10_000..]).await.unwrap();
+            let f = read_frame(&mut rig.client).await;
+            assert!(f.raw == big, "the frame in flight was cut");
+            let ping = read_frame(&mut rig.client).await;
+            assert!(ping.opcode == PING && ping.fin && ping.key.is_none());
+            rig.drain.take().unwrap().send(()).unwrap();
+            assert_eq!(rig.tunnel.await.unwrap().closed_by, ClosedBy::Drain);
+            rig.polite.take();
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Half-close: the client's EOF is passed on while the upstream still talks.
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction_open() {
+        timeout(LIMIT, async {
+            let mut rig = rig(inspect(|_| {}));
+            let m = cf(true, TEXT, b"hello");
+            rig.client.write_all(&m).await.unwrap();
+            rig.client.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut rig.upstream).await, m);
+            let r = sf(true, TEXT, b"reply");
+            rig.upstream.write_all(&r).await.unwrap();
+            expect_bytes(&mut rig.client, &r).await;
+            assert!(!rig.tunnel.is_finished());
+            rig.upstream.shutdown().await.unwrap();
+            assert_eq!(read_all(&mut rig.client).await, b"");
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!(out.closed_by, ClosedBy::Client);
+            assert_eq!(out.ws.unwrap().close, None);
+            rig.drain.take();
+            rig.polite.take();
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A reset from the upstream (TCP legs, which inspection takes too) closes the client.
+    #[tokio::test]
+    async fn reset_closes_the_other_side_on_tcp_legs() {
+        timeout(LIMIT, async {
+            let (mut client, client_gw) = crate::tunnel::testing::tcp_pair().await;
+            let (upstream, upstream_gw) = crate::tunnel::testing::tcp_pair().await;
+            let cfg = inspect(|_| {});
+            let tunnel = tokio::spawn(async move {
+                run(
+                    Leg::tcp(client_gw, Bytes::new()),
+                    Leg::tcp(upstream_gw, Bytes::new()),
+                    &cfg,
+                    std::future::pending(),
+                    std::future::pending(),
+                )
+                .await
+            });
+            let mut upstream = upstream;
+            let m = cf(true, TEXT, b"up");
+            client.write_all(&m).await.unwrap();
+            expect_bytes(&mut upstream, &m).await;
+            upstream.set_zero_linger().unwrap();
+            drop(upstream);
+            let out = tunnel.await.unwrap();
+            assert_eq!(
+                (out.closed_by, out.engine),
+                (ClosedBy::Upstream, Engine::Inspect)
+            );
+            let mut rest = Vec::new();
+            let seen = client.read_to_end(&mut rest).await;
+            assert!(seen.is_err() || rest.is_empty());
+        })
+        .await
+        .unwrap();
     }
 }

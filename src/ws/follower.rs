@@ -530,31 +530,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    /// The reference encoder: one frame as RFC 6455 §5.2 lays it out, minimal length form.
-    fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut v = vec![u8::from(fin) << 7 | rsv << 4 | opcode];
-        let m = if mask.is_some() { 0x80 } else { 0 };
-        match payload.len() {
-            n @ 0..=125 => v.push(m | n as u8),
-            n @ 126..=0xFFFF => {
-                v.push(m | 126);
-                v.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                v.push(m | 127);
-                v.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        match mask {
-            Some(k) => {
-                v.extend_from_slice(&k);
-                v.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-            }
-            None => v.extend_from_slice(payload),
-        }
-        v
-    }
+    use crate::ws::testing::frame;
 
     const KEY: Option<[u8; 4]> = Some([0x37, 0xfa, 0x21, 0x3d]);
 

@@ -9,6 +9,8 @@
 //! The tunnel engine (`tunnel/inspect.rs`) owns the I/O; this module knows nothing of it.
 
 mod follower;
+#[cfg(test)]
+pub(crate) mod testing;
 mod writer;
 
 use std::fmt;
