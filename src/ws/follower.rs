@@ -843,7 +843,7 @@ mod tests {
                 }
                 1 => (OP_PING, len.min(125), true),
                 2 => (OP_PONG, len.min(125), true),
-                _ => (OP_CLOSE, len.min(125).max(2), true),
+                _ => (OP_CLOSE, len.clamp(2, 125), true),
             };
             out.extend(frame(fin, 0, opcode, &payload[..len], mask));
         }

@@ -15,6 +15,8 @@ mod writer;
 
 use std::fmt;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use follower::follow_chunks;
 pub(crate) use follower::{Follower, Limits, MAX_HELD, PING_PAYLOAD, Sender, Step, Verdict};
 pub(crate) use writer::ControlFrame;
 
