@@ -1433,6 +1433,33 @@ mod tests {
         .unwrap();
     }
 
+    /// SPEC §5/§9: a direction waiting for its source holds no copy buffer, even with the start
+    /// of a header held back (it waits inside the follower).
+    #[tokio::test]
+    async fn waiting_direction_holds_no_buffer() {
+        timeout(LIMIT, async {
+            let (mut src_app, mut src) = tokio::io::duplex(64);
+            let (mut dst, mut dst_app) = tokio::io::duplex(64);
+            let meter = Meter::new(None);
+            let follower = Follower::new(Sender::Client, Extensions::default(), Limits::default());
+            let mut dir = Dir::new(Direction::Up, follower, Bytes::new(), Instant::now());
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(dir.poll(&mut cx, &mut src, &mut dst, &meter).is_pending());
+            assert!(dir.buf.is_none());
+            let m = cf(true, TEXT, b"abc");
+            src_app.write_all(&m[..4]).await.unwrap();
+            assert!(dir.poll(&mut cx, &mut src, &mut dst, &meter).is_pending());
+            assert!(dir.buf.is_none(), "a held header kept the buffer");
+            assert_eq!(meter.bytes_up(), 0, "part of a header went out");
+            src_app.write_all(&m[4..]).await.unwrap();
+            assert!(dir.poll(&mut cx, &mut src, &mut dst, &meter).is_pending());
+            assert!(dir.buf.is_none());
+            expect_bytes(&mut dst_app, &m).await;
+        })
+        .await
+        .unwrap();
+    }
+
     /// Half-close: the client's EOF is passed on while the upstream still talks.
     #[tokio::test]
     async fn half_close_keeps_the_other_direction_open() {

@@ -1009,6 +1009,30 @@ mod tests {
         .unwrap();
     }
 
+    /// SPEC §5: an opaque tunnel is closed plainly at `max_lifetime` (nothing added), whatever
+    /// its traffic; paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn opaque_tunnel_is_closed_at_its_lifetime() {
+        timeout(PAUSED_LIMIT, async {
+            let cfg = TunnelConfig {
+                max_lifetime: Some(Duration::from_secs(90)),
+                ..TunnelConfig::default()
+            };
+            let mut rig = duplex_rig(cfg, std::future::pending());
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            rig.client_app.write_all(b"busy").await.unwrap();
+            let mut got = [0u8; 4];
+            rig.upstream_app.read_exact(&mut got).await.unwrap();
+            let out = rig.tunnel.await.unwrap();
+            assert_eq!((out.closed_by, out.ws), (ClosedBy::Lifetime, None));
+            assert_eq!(out.duration, Duration::from_secs(90));
+            assert_eq!(read_all(&mut rig.client_app).await, b"");
+            assert_eq!(read_all(&mut rig.upstream_app).await, b"");
+        })
+        .await
+        .unwrap();
+    }
+
     #[test]
     fn closed_by_words_match_the_access_log() {
         let words: Vec<String> = [
