@@ -535,3 +535,55 @@ pub fn keep_alive_stream(chunks: &[&[u8]], max_bytes: usize) -> GateRead {
     });
     GateRead { delivered, refused }
 }
+
+// ---------------------------------------------------------------------------------------------
+// ws/follower.rs
+
+/// What the frame follower made of a stream of one direction (see [`ws_follow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsFollowed {
+    /// Every byte it let through, in order.
+    pub forwarded: Vec<u8>,
+    /// Offsets into `forwarded` at which a frame boundary was.
+    pub boundaries: Vec<usize>,
+    /// The verdict that stopped it (`Debug` text), if any.
+    pub verdict: Option<String>,
+    pub frames: u64,
+    pub messages: u64,
+    /// The first close frame's code and reason.
+    pub close: Option<(u16, Vec<u8>)>,
+}
+
+/// Follows `chunks` (the reads of one direction) as the inspecting engine does: frames from the
+/// client when `client`, with permessage-deflate (and so some extension) when `deflate`, and
+/// limits of 1000 bytes per frame and 4000 per message when `limits`.
+pub fn ws_follow(chunks: &[&[u8]], client: bool, deflate: bool, limits: bool) -> WsFollowed {
+    use crate::ws::{Extensions, Follower, Limits, Sender};
+    let sender = if client {
+        Sender::Client
+    } else {
+        Sender::Upstream
+    };
+    let extensions = Extensions {
+        permessage_deflate: deflate,
+        any: deflate,
+    };
+    let limits = if limits {
+        Limits {
+            max_frame_bytes: Some(1000),
+            max_message_bytes: Some(4000),
+        }
+    } else {
+        Limits::default()
+    };
+    let mut follower = Follower::new(sender, extensions, limits);
+    let got = crate::ws::follow_chunks(&mut follower, chunks);
+    WsFollowed {
+        forwarded: got.forwarded,
+        boundaries: got.boundaries,
+        verdict: got.verdict.map(|v| format!("{v:?}")),
+        frames: got.frames,
+        messages: got.messages,
+        close: got.close.map(|c| (c.code, c.reason.as_bytes().to_vec())),
+    }
+}

@@ -19,6 +19,8 @@
 //!   -> io         stream adapters: Rewind, UpstreamStream, hyper's Upgraded -> tunnel Leg
 //!   -> tunnel     the hot path: policy (deadlines, drain, outcome), legs (raw TCP + early
 //!                 bytes | any stream), one file per copy engine; knows no HTTP
+//!   -> ws         PURE: WebSocket frame follower and control-frame writer for the inspecting
+//!                 engine (SPEC §9)
 //!   -> access     one log event per handshake and per closed tunnel; metrics alongside
 //! ```
 //!
@@ -57,3 +59,4 @@ mod sockopt;
 mod tls;
 mod tunnel;
 mod upstream;
+mod ws;

@@ -15,10 +15,12 @@
 //! - `pool.rs`: the per-thread pool of copy buffers;
 //! - `duplex.rs`: what the engines share: the two-direction driver, pump state, failures;
 //! - one file per engine, each returning a `CopyEnd`: `splice.rs` (Linux) for a pair of plain
-//!   TCP legs, `buffered.rs` for any legs. An inspecting engine slots in beside them.
+//!   TCP legs, `buffered.rs` for any legs, `inspect.rs` for any legs of a route with
+//!   `inspect = true` (it follows WebSocket frames with `crate::ws`, SPEC §9).
 
 mod buffered;
 mod duplex;
+mod inspect;
 mod leg;
 mod meter;
 mod pool;
@@ -38,6 +40,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::either::Either;
 
+/// Defined with the frame follower; part of the tunnel's configuration and report.
+pub(crate) use crate::ws::{CloseReason, Extensions};
 pub(crate) use leg::Leg;
 use leg::LegIo;
 use meter::{Meter, Side};
@@ -76,15 +80,6 @@ pub(crate) struct InspectConfig {
     pub(crate) extensions: Extensions,
 }
 
-/// The WebSocket extensions in force on a tunnel (the upstream's `Sec-WebSocket-Extensions`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Extensions {
-    /// `permessage-deflate` was accepted: RSV1 marks compressed messages.
-    pub(crate) permessage_deflate: bool,
-    /// Some extension was accepted: RSV2/RSV3 may be in use.
-    pub(crate) any: bool,
-}
-
 /// Why the gateway ends an inspected tunnel politely (close frames at frame boundaries, SPEC
 /// §9); an opaque tunnel ignores these and lives until it ends or the drain deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +88,12 @@ pub(crate) enum PoliteEnd {
     Drain,
     /// A reload removed the tunnel's route or remapped its subprotocol to another upstream.
     Reload,
-    /// The SIGUSR2 hand-over to a new process (SPEC §11).
+    /// The SIGUSR2 hand-over to a new process (SPEC §11); the engine handles it already, the
+    /// hand-over that sends it is issue 15's.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "sent by the SIGUSR2 hand-over (issue 15)")
+    )]
     Restart,
 }
 
@@ -133,40 +133,6 @@ pub(crate) struct CloseSeen {
     pub(crate) initiator: Initiator,
 }
 
-/// A close reason held inline, so reporting a close allocates nothing.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CloseReason {
-    bytes: [u8; CloseReason::MAX],
-    len: u8,
-}
-
-impl CloseReason {
-    /// RFC 6455 §5.5: a control payload is at most 125 bytes, two of them the code.
-    pub(crate) const MAX: usize = 123;
-
-    /// The reason, cut at [`CloseReason::MAX`] bytes.
-    pub(crate) fn new(reason: &[u8]) -> Self {
-        let len = reason.len().min(Self::MAX);
-        let mut bytes = [0; Self::MAX];
-        bytes[..len].copy_from_slice(&reason[..len]);
-        CloseReason {
-            bytes,
-            len: len as u8,
-        }
-    }
-
-    /// The reason's bytes.
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
-impl fmt::Debug for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.as_bytes().escape_ascii().to_string())
-    }
-}
-
 /// Which side sent a tunnel's first close frame (`close_initiator`, SPEC §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Initiator {
@@ -197,6 +163,7 @@ pub(crate) struct ByteCounters {
     down: Arc<AtomicU64>,
     splice_tunnels: Arc<AtomicU64>,
     buffered_tunnels: Arc<AtomicU64>,
+    inspect_tunnels: Arc<AtomicU64>,
 }
 
 impl ByteCounters {
@@ -224,6 +191,7 @@ impl ByteCounters {
         match engine {
             Engine::Splice => &self.splice_tunnels,
             Engine::Buffered => &self.buffered_tunnels,
+            Engine::Inspect => &self.inspect_tunnels,
         }
     }
 }
@@ -235,17 +203,20 @@ pub(crate) enum Engine {
     Splice,
     /// Through user-space buffers, for any legs.
     Buffered,
+    /// Through user-space buffers, following WebSocket frames (SPEC §9), for any legs.
+    Inspect,
 }
 
 impl Engine {
     /// Every engine, in the order metrics list them.
-    pub(crate) const ALL: [Engine; 2] = [Engine::Splice, Engine::Buffered];
+    pub(crate) const ALL: [Engine; 3] = [Engine::Splice, Engine::Buffered, Engine::Inspect];
 
     /// The lowercase word used in logs and metric labels.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Engine::Splice => "splice",
             Engine::Buffered => "buffered",
+            Engine::Inspect => "inspect",
         }
     }
 }
@@ -332,7 +303,9 @@ pub(crate) struct TunnelOutcome {
 /// - `drain` completes (`Drain`): the drain deadline passed.
 ///
 /// `polite` completes when the gateway wants the tunnel ended politely (SPEC §9); only an
-/// inspected tunnel acts on it.
+/// inspected tunnel acts on it. `cfg.max_lifetime` ends an opaque tunnel at once (`Lifetime`)
+/// and an inspected one politely. An inspected tunnel may also end on a limit, a protocol
+/// violation or a ping timeout (see `inspect.rs`).
 ///
 /// The returned future is `Send` when `P` and `D` are.
 pub(crate) async fn run<P, D>(
@@ -346,14 +319,15 @@ where
     P: Future<Output = PoliteEnd>,
     D: Future<Output = ()>,
 {
-    // Opaque tunnels ignore polite endings (SPEC §7: they live until the drain deadline).
-    drop(polite);
     let meter = Meter::new(cfg.counters.as_ref());
+    let mut report = WsReport::default();
     // In a block so the legs are stored once in this future (inside the copy), not twice.
     let (engine, copy) = {
-        let pair = Pair::pick(client, upstream);
-        (pair.engine(), pair.copy(&meter))
+        let pair = Pair::pick(client, upstream, cfg.inspect.is_some());
+        (pair.engine(), pair.copy(&meter, cfg, polite, &mut report))
     };
+    // An inspected tunnel ends at its lifetime politely, inside its engine.
+    let opaque_lifetime = cfg.max_lifetime.filter(|_| engine != Engine::Inspect);
     if let Some(counters) = &cfg.counters {
         counters
             .engine_count(engine)
@@ -366,7 +340,7 @@ where
         () = drain => ClosedBy::Drain,
         end = copy => end.closed_by(),
         () = idle_deadline(cfg.idle_timeout, &meter) => ClosedBy::Idle,
-        () = lifetime_deadline(cfg.max_lifetime, &meter) => ClosedBy::Lifetime,
+        () = lifetime(opaque_lifetime, &meter) => ClosedBy::Lifetime,
     };
     TunnelOutcome {
         bytes_up: meter.bytes_up(),
@@ -374,7 +348,18 @@ where
         closed_by,
         duration: meter.started().elapsed(),
         engine,
-        ws: None,
+        ws: (engine == Engine::Inspect).then_some(report),
+    }
+}
+
+/// Completes `max_lifetime` after the tunnel started; never without one (or a zero one).
+async fn lifetime(max: Option<Duration>, meter: &Meter<'_>) {
+    match max
+        .filter(|m| !m.is_zero())
+        .and_then(|m| meter.started().checked_add(m))
+    {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -393,14 +378,30 @@ enum Pair {
         upstream: LegIo,
         upstream_early: Bytes,
     },
+    Inspect {
+        client: LegIo,
+        client_early: Bytes,
+        upstream: LegIo,
+        upstream_early: Bytes,
+    },
 }
 
 impl Pair {
     /// The one place an engine is chosen: two plain TCP legs splice, unless no pipe can be had
     /// (descriptors exhausted), which falls back to buffers rather than failing the tunnel; TLS
-    /// and h2 legs are buffered. The inspecting engine will take whatever a tunnel mode (a
-    /// `run` argument added with it) asks to inspect.
-    fn pick(client: Leg, upstream: Leg) -> Pair {
+    /// and h2 legs are buffered. A tunnel to `inspect` takes the inspecting engine, whatever
+    /// its legs.
+    fn pick(client: Leg, upstream: Leg, inspect: bool) -> Pair {
+        if inspect {
+            let (client, client_early) = client.into_io();
+            let (upstream, upstream_early) = upstream.into_io();
+            return Pair::Inspect {
+                client,
+                client_early,
+                upstream,
+                upstream_early,
+            };
+        }
         match (client, upstream) {
             #[cfg(target_os = "linux")]
             (
@@ -447,11 +448,22 @@ impl Pair {
             #[cfg(target_os = "linux")]
             Pair::Splice { .. } => Engine::Splice,
             Pair::Buffered { .. } => Engine::Buffered,
+            Pair::Inspect { .. } => Engine::Inspect,
         }
     }
 
-    /// Runs the picked engine to its end.
-    async fn copy(self, meter: &Meter<'_>) -> CopyEnd {
+    /// Runs the picked engine to its end; only the inspecting one uses `cfg.inspect`, `polite`
+    /// and `report`.
+    async fn copy<P>(
+        self,
+        meter: &Meter<'_>,
+        cfg: &TunnelConfig,
+        polite: P,
+        report: &mut WsReport,
+    ) -> CopyEnd
+    where
+        P: Future<Output = PoliteEnd>,
+    {
         match self {
             #[cfg(target_os = "linux")]
             Pair::Splice {
@@ -466,6 +478,31 @@ impl Pair {
                 upstream,
                 upstream_early,
             } => buffered::copy(client, client_early, upstream, upstream_early, meter).await,
+            Pair::Inspect {
+                client,
+                client_early,
+                upstream,
+                upstream_early,
+            } => {
+                let Some(inspect) = &cfg.inspect else {
+                    unreachable!("the inspecting engine is picked only with an InspectConfig");
+                };
+                let setup = inspect::Setup {
+                    cfg: inspect,
+                    max_lifetime: cfg.max_lifetime,
+                    polite,
+                };
+                inspect::copy(
+                    client,
+                    client_early,
+                    upstream,
+                    upstream_early,
+                    setup,
+                    meter,
+                    report,
+                )
+                .await
+            }
         }
     }
 }
@@ -493,17 +530,6 @@ async fn idle_deadline(timeout: Option<Duration>, meter: &Meter<'_>) {
     }
 }
 
-/// Waits until the tunnel is `cap` old (from its start, whatever moves); `None` or zero: never.
-async fn lifetime_deadline(cap: Option<Duration>, meter: &Meter<'_>) {
-    let deadline = cap
-        .filter(|c| !c.is_zero())
-        .and_then(|c| meter.started().checked_add(c));
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// How a copy engine finished; every engine returns this.
 #[derive(Debug)]
 enum CopyEnd {
@@ -511,6 +537,8 @@ enum CopyEnd {
     BothEof { first: Side },
     /// I/O on `side` failed; the engine stopped at once.
     Failed { side: Side, error: io::Error },
+    /// The engine itself ended the tunnel, for this reason (an inspected tunnel, SPEC §9).
+    Ended(ClosedBy),
 }
 
 impl CopyEnd {
@@ -529,6 +557,7 @@ impl CopyEnd {
                     ClosedBy::Error
                 }
             }
+            CopyEnd::Ended(closed_by) => closed_by,
         }
     }
 }
@@ -555,8 +584,8 @@ mod tests {
     use tokio::time::timeout;
 
     use super::testing::{
-        LIMIT, PAUSED_LIMIT, duplex_rig, leg, no_drain, random_bytes, read_all, rig, tcp_pair,
-        write_in_pieces,
+        LIMIT, OPAQUE, PAUSED_LIMIT, duplex_rig, leg, no_drain, random_bytes, read_all, rig,
+        tcp_pair, write_in_pieces,
     };
     use super::*;
 
@@ -566,7 +595,7 @@ mod tests {
     async fn sixteen_mib_both_ways_concurrently_verbatim() {
         timeout(Duration::from_secs(120), async {
             const LEN: usize = 16 << 20;
-            for (seed, engine) in (1..).step_by(4).zip(Engine::ALL) {
+            for (seed, engine) in (1..).step_by(4).zip(OPAQUE) {
                 let up_data = random_bytes(LEN, seed);
                 let down_data = random_bytes(LEN, seed + 1);
                 let counters = ByteCounters::new();
@@ -613,7 +642,7 @@ mod tests {
     #[tokio::test]
     async fn early_bytes_are_delivered_before_later_bytes_both_ways() {
         timeout(LIMIT, async {
-            for engine in Engine::ALL {
+            for engine in OPAQUE {
                 let (mut client_app, client_gw) = tcp_pair().await;
                 let (mut upstream_app, upstream_gw) = tcp_pair().await;
                 // Queue the later bytes before the tunnel starts reading.
@@ -658,7 +687,7 @@ mod tests {
     #[tokio::test]
     async fn client_half_close_keeps_the_other_direction_open() {
         timeout(LIMIT, async {
-            for engine in Engine::ALL {
+            for engine in OPAQUE {
                 let mut rig = rig(engine, b"", b"", TunnelConfig::default(), no_drain()).await;
                 rig.client_app.write_all(b"hello").await.unwrap();
                 rig.client_app.shutdown().await.unwrap();
@@ -692,7 +721,7 @@ mod tests {
     #[tokio::test]
     async fn upstream_half_close_keeps_the_other_direction_open() {
         timeout(LIMIT, async {
-            for engine in Engine::ALL {
+            for engine in OPAQUE {
                 let mut rig = rig(engine, b"", b"bye", TunnelConfig::default(), no_drain()).await;
                 let tail = random_bytes(300_000, 21);
                 rig.upstream_app.write_all(&tail).await.unwrap();
@@ -756,7 +785,7 @@ mod tests {
 
     #[tokio::test]
     async fn client_reset_closes_upstream_promptly() {
-        for engine in Engine::ALL {
+        for engine in OPAQUE {
             timeout(LIMIT, reset_closes_other_side(engine, true))
                 .await
                 .unwrap();
@@ -765,7 +794,7 @@ mod tests {
 
     #[tokio::test]
     async fn upstream_reset_closes_client_promptly() {
-        for engine in Engine::ALL {
+        for engine in OPAQUE {
             timeout(LIMIT, reset_closes_other_side(engine, false))
                 .await
                 .unwrap();
@@ -831,7 +860,7 @@ mod tests {
     #[test]
     fn engine_words_match_the_access_log() {
         let words: Vec<&str> = Engine::ALL.iter().map(|e| e.as_str()).collect();
-        assert_eq!(words, ["splice", "buffered"]);
+        assert_eq!(words, ["splice", "buffered", "inspect"]);
     }
 
     /// On tokio's paused clock: the idle deadline fires exactly `idle_timeout` after the start of

@@ -13,6 +13,9 @@ use tokio::task::JoinHandle;
 
 use super::{Engine, Leg, TunnelConfig, TunnelOutcome, run};
 
+/// The engines of opaque tunnels, which the tests of plain byte streams run on.
+pub(super) const OPAQUE: [Engine; 2] = [Engine::Splice, Engine::Buffered];
+
 /// Bound on every wall-clock test.
 pub(super) const LIMIT: Duration = Duration::from_secs(30);
 
@@ -67,7 +70,7 @@ pub(super) async fn rig(
 pub(super) fn leg(engine: Engine, stream: TcpStream, early: &'static [u8]) -> Leg {
     match engine {
         Engine::Splice => Leg::tcp(stream, Bytes::from_static(early)),
-        Engine::Buffered => Leg::stream(stream, Bytes::from_static(early)),
+        Engine::Buffered | Engine::Inspect => Leg::stream(stream, Bytes::from_static(early)),
     }
 }
 
