@@ -155,7 +155,8 @@ impl Conn {
             if !Arc::ptr_eq(&changes.borrow(), &self.runtime) {
                 changes.mark_changed();
             }
-            polite_end(gateway.shutdown.clone(), changes, routed)
+            // Boxed: only inspected tunnels have one, and inline it would size every tunnel.
+            Box::pin(polite_end(gateway.shutdown.clone(), changes, routed))
         });
         let cfg = TunnelConfig {
             idle_timeout: self.runtime.config.limits.idle_timeout,

@@ -320,11 +320,12 @@ where
     D: Future<Output = ()>,
 {
     let meter = Meter::new(cfg.counters.as_ref());
-    let mut report = WsReport::default();
+    // Boxed and only for an inspected tunnel: an opaque one carries no report.
+    let mut report = cfg.inspect.as_ref().map(|_| Box::<WsReport>::default());
     // In a block so the legs are stored once in this future (inside the copy), not twice.
     let (engine, copy) = {
         let pair = Pair::pick(client, upstream, cfg.inspect.is_some());
-        (pair.engine(), pair.copy(&meter, cfg, polite, &mut report))
+        (pair.engine(), pair.copy(&meter, cfg, polite, report.as_deref_mut()))
     };
     // An inspected tunnel ends at its lifetime politely, inside its engine.
     let opaque_lifetime = cfg.max_lifetime.filter(|_| engine != Engine::Inspect);
@@ -339,8 +340,7 @@ where
         biased;
         () = drain => ClosedBy::Drain,
         end = copy => end.closed_by(),
-        () = idle_deadline(cfg.idle_timeout, &meter) => ClosedBy::Idle,
-        () = lifetime(opaque_lifetime, &meter) => ClosedBy::Lifetime,
+        why = deadline(cfg.idle_timeout, opaque_lifetime, &meter) => why,
     };
     TunnelOutcome {
         bytes_up: meter.bytes_up(),
@@ -348,18 +348,7 @@ where
         closed_by,
         duration: meter.started().elapsed(),
         engine,
-        ws: (engine == Engine::Inspect).then_some(report),
-    }
-}
-
-/// Completes `max_lifetime` after the tunnel started; never without one (or a zero one).
-async fn lifetime(max: Option<Duration>, meter: &Meter<'_>) {
-    match max
-        .filter(|m| !m.is_zero())
-        .and_then(|m| meter.started().checked_add(m))
-    {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+        ws: report.map(|r| *r),
     }
 }
 
@@ -459,7 +448,7 @@ impl Pair {
         meter: &Meter<'_>,
         cfg: &TunnelConfig,
         polite: P,
-        report: &mut WsReport,
+        report: Option<&mut WsReport>,
     ) -> CopyEnd
     where
         P: Future<Output = PoliteEnd>,
@@ -484,7 +473,7 @@ impl Pair {
                 upstream,
                 upstream_early,
             } => {
-                let Some(inspect) = &cfg.inspect else {
+                let (Some(inspect), Some(report)) = (&cfg.inspect, report) else {
                     unreachable!("the inspecting engine is picked only with an InspectConfig");
                 };
                 let setup = inspect::Setup {
@@ -492,7 +481,9 @@ impl Pair {
                     max_lifetime: cfg.max_lifetime,
                     polite,
                 };
-                inspect::copy(
+                // Boxed: the inspecting engine's state is several times an opaque engine's, and
+                // inline it would size every tunnel's task, opaque ones included.
+                Box::pin(inspect::copy(
                     client,
                     client_early,
                     upstream,
@@ -500,33 +491,49 @@ impl Pair {
                     setup,
                     meter,
                     report,
-                )
+                ))
                 .await
             }
         }
     }
 }
 
-/// Waits until no byte has moved for `timeout`. One timer, re-armed only when it fires early:
-/// the copy loop just stores a timestamp per chunk.
-async fn idle_deadline(timeout: Option<Duration>, meter: &Meter<'_>) {
-    let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
-        return std::future::pending().await;
+/// The tunnel's two clocks on one timer (one timer entry per idle tunnel, not two): completes
+/// with `Idle` once no byte has moved for `idle`, or with `Lifetime` once the tunnel is
+/// `lifetime` old, whichever comes first; `None` or zero turns a clock off. The timer is re-armed
+/// only when it fires early: the copy loop just stores a timestamp per chunk.
+async fn deadline(
+    idle: Option<Duration>,
+    lifetime: Option<Duration>,
+    meter: &Meter<'_>,
+) -> ClosedBy {
+    let idle = idle.filter(|t| !t.is_zero());
+    let cap = lifetime
+        .filter(|c| !c.is_zero())
+        .and_then(|c| meter.started().checked_add(c));
+    let next = || {
+        let idle_at = idle.and_then(|t| meter.last_activity().checked_add(t));
+        match (idle_at, cap) {
+            (Some(i), Some(c)) if c < i => Some((c, ClosedBy::Lifetime)),
+            (Some(i), _) => Some((i, ClosedBy::Idle)),
+            (None, Some(c)) => Some((c, ClosedBy::Lifetime)),
+            (None, None) => None,
+        }
     };
-    let Some(first) = meter.last_activity().checked_add(timeout) else {
+    let Some((first, _)) = next() else {
         return std::future::pending().await;
     };
     let sleep = tokio::time::sleep_until(first);
     tokio::pin!(sleep);
     loop {
         sleep.as_mut().await;
-        let Some(deadline) = meter.last_activity().checked_add(timeout) else {
+        let Some((at, why)) = next() else {
             return std::future::pending().await;
         };
-        if deadline <= Instant::now() {
-            return;
+        if at <= Instant::now() {
+            return why;
         }
-        sleep.as_mut().reset(deadline);
+        sleep.as_mut().reset(at);
     }
 }
 

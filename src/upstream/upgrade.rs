@@ -72,7 +72,12 @@ where
         Ok(Ok(answer)) => answer,
     };
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
-        let early = rest.freeze();
+        // An empty slice would still pin the whole read buffer for the tunnel's life.
+        let early = if rest.is_empty() {
+            Bytes::new()
+        } else {
+            rest.freeze()
+        };
         return Ok(Answer::Switched {
             head,
             io,
@@ -129,7 +134,9 @@ where
         if buf.len() >= MAX_ANSWER_HEAD {
             return Err(invalid("answer head too large"));
         }
-        buf.reserve(READ_CHUNK);
+        if buf.capacity() == buf.len() {
+            buf.reserve(READ_CHUNK);
+        }
         if io.read_buf(&mut buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
