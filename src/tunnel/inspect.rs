@@ -676,6 +676,14 @@ impl Dir {
                     self.release_buf();
                     return Poll::Ready(Ok(()));
                 }
+                if self.ok < self.end {
+                    // Nothing more goes to a shut sink, but the source is still followed: its
+                    // close reply (e.g. the client's, after the upstream already answered and
+                    // left) is what the closing tunnel waits for.
+                    self.discard = true;
+                    self.judge();
+                    continue;
+                }
             } else {
                 if self.wants_to_inject() && self.follower.at_boundary() {
                     let (frame, ping) = match self.close_queued.take() {

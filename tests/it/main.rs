@@ -14,6 +14,7 @@ mod h2;
 mod h2_limits;
 mod handshake;
 mod hostile;
+mod inspect;
 mod lifetime;
 mod negotiation;
 mod ops;

@@ -13,8 +13,9 @@
 //! - [`raw_upstream`]: a scripted upstream that records every byte, and its scripts
 //! - [`client`]: the raw HTTP/1.1 client, SPEC §3 answer assertions, a tungstenite client
 //! - [`heads`]: HTTP/1.1 header lines and heads as parsed from the wire
-//! - [`frames`]: RFC 6455 key/accept and hand-built frames
-//! - [`stream`]: seeded payloads and byte-for-byte echo checks
+//! - [`frames`]: RFC 6455 key/accept, hand-built frames of every form, and a frame parser
+//! - [`frame_upstream`]: an upstream driven frame by frame, for inspected tunnels (SPEC §9)
+//! - [`stream`]: seeded payloads, byte-for-byte echo checks, a recording stream wrapper
 //! - [`net`]: addresses that refuse or stall connects
 //! - [`tls`]: dev certificates, rustls client/server configs, `wss` clients
 //! - [`h2_client`]: the RFC 8441 client over the `h2` crate
@@ -22,6 +23,7 @@
 
 pub mod client;
 pub mod config;
+pub mod frame_upstream;
 pub mod frames;
 pub mod gateway;
 pub mod h2_client;
@@ -35,6 +37,7 @@ pub mod ws_upstream;
 
 pub use client::*;
 pub use config::*;
+pub use frame_upstream::*;
 pub use frames::*;
 pub use gateway::*;
 pub use heads::*;

@@ -86,6 +86,21 @@ impl ConnLog {
         tokio::time::timeout(within, wait).await.is_ok()
     }
 
+    /// Waits up to `within` until `cond` holds for the bytes received after the request head
+    /// (checked at every read); returns whether it did.
+    pub async fn wait_for(&self, within: Duration, cond: impl Fn(&[u8]) -> bool) -> bool {
+        let wait = async {
+            loop {
+                let woken = self.changed.notified();
+                if cond(&self.after_head()) {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
+    }
+
     /// Waits up to `within` for EOF from the gateway; returns whether it came.
     pub async fn wait_eof(&self, within: Duration) -> bool {
         let wait = async {
@@ -116,6 +131,11 @@ impl RawConn {
     fn changed(&self) {
         self.log.changed.notify_waiters();
         self.activity.notify_waiters();
+    }
+
+    /// This connection's record, as the test sees it.
+    pub fn log(&self) -> Arc<ConnLog> {
+        self.log.clone()
     }
 
     /// Reads once into the buffer, recording; false on EOF or error.

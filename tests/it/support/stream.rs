@@ -83,3 +83,86 @@ where
     );
     assert!(rest.is_empty(), "{} extra bytes after the echo", rest.len());
 }
+
+/// A stream that records every byte read from and written to it, so that a test can compare what
+/// a real client (tokio-tungstenite) put on the wire with what reached the other end.
+pub struct Tap<S> {
+    inner: S,
+    read: Arc<std::sync::Mutex<Vec<u8>>>,
+    written: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+/// The records of a [`Tap`], kept by the test after the stream moved into a client.
+#[derive(Clone, Default)]
+pub struct TapLog {
+    read: Arc<std::sync::Mutex<Vec<u8>>>,
+    written: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl TapLog {
+    /// Every byte read so far.
+    pub fn read(&self) -> Vec<u8> {
+        super::lock(&self.read).clone()
+    }
+
+    /// Every byte written so far.
+    pub fn written(&self) -> Vec<u8> {
+        super::lock(&self.written).clone()
+    }
+}
+
+impl<S> Tap<S> {
+    /// Wraps `inner`; the returned log sees everything that passes.
+    pub fn new(inner: S) -> (Tap<S>, TapLog) {
+        let log = TapLog::default();
+        let tap = Tap {
+            inner,
+            read: log.read.clone(),
+            written: log.written.clone(),
+        };
+        (tap, log)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tap<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_ready() {
+            super::lock(&self.read).extend_from_slice(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tap<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            super::lock(&self.written).extend_from_slice(&data[..n]);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
