@@ -328,7 +328,7 @@ impl Collector for TunnelBytes {
 }
 
 /// `switchyard_tunnel_engine_total{engine}`: tunnels started per copy engine (`splice`,
-/// `buffered`), read from the same live counters, so a plain-TCP deployment can see it splices.
+/// `buffered`, `inspect`), read from the same live counters, so a plain-TCP deployment can see it splices.
 #[derive(Debug)]
 struct TunnelEngines(ByteCounters);
 
@@ -336,7 +336,7 @@ impl Collector for TunnelEngines {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "switchyard_tunnel_engine",
-            "Tunnels started by copy engine (splice for plain TCP legs, buffered otherwise)",
+            "Tunnels started by copy engine (splice for plain TCP legs, inspect for inspected routes, buffered otherwise)",
             None,
             MetricType::Counter,
         )?;
