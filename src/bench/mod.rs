@@ -32,6 +32,11 @@ pub enum BenchMode {
         /// Address to listen on (loopback only).
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+        /// Echo each frame as a WebSocket server must send it (unmasked) instead of the raw
+        /// bytes: needed in front of an `inspect = true` route, which refuses masked upstream
+        /// frames. Only `bulk` works with it (`echo` expects its bytes back unchanged).
+        #[arg(long)]
+        frames: bool,
     },
     /// New WebSocket handshakes per second: each worker connects, upgrades, closes, repeats.
     Handshakes {
@@ -115,7 +120,7 @@ pub enum BenchError {
 /// a usage error (exit 2), found before any connection is made.
 pub fn check(mode: &BenchMode) -> Result<(), BenchError> {
     match mode {
-        BenchMode::Upstream { listen } if !listen.ip().is_loopback() => {
+        BenchMode::Upstream { listen, .. } if !listen.ip().is_loopback() => {
             Err(BenchError::ListenNotLoopback(*listen))
         }
         BenchMode::Upstream { .. } => Ok(()),
@@ -133,10 +138,10 @@ pub async fn run(mode: BenchMode) -> Result<(), BenchError> {
     // The idle mode holds one descriptor per tunnel on this side too.
     crate::run::raise_fd_limit();
     let (common, result) = match mode {
-        BenchMode::Upstream { listen } => {
+        BenchMode::Upstream { listen, frames } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             eprintln!("echo upstream listening on {}", listener.local_addr()?);
-            upstream::serve(listener).await;
+            upstream::serve(listener, frames).await;
             return Ok(());
         }
         BenchMode::Handshakes { common, workers } => {
@@ -536,7 +541,7 @@ mod tests {
     async fn every_mode_measures_the_echo_upstream() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/ws", listener.local_addr().unwrap());
-        tokio::spawn(upstream::serve(listener));
+        tokio::spawn(upstream::serve(listener, false));
         let common = Common {
             target: url,
             duration: Duration::from_millis(300),

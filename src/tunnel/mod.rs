@@ -325,7 +325,10 @@ where
     // In a block so the legs are stored once in this future (inside the copy), not twice.
     let (engine, copy) = {
         let pair = Pair::pick(client, upstream, cfg.inspect.is_some());
-        (pair.engine(), pair.copy(&meter, cfg, polite, report.as_deref_mut()))
+        (
+            pair.engine(),
+            pair.copy(&meter, cfg, polite, report.as_deref_mut()),
+        )
     };
     // An inspected tunnel ends at its lifetime politely, inside its engine.
     let opaque_lifetime = cfg.max_lifetime.filter(|_| engine != Engine::Inspect);
