@@ -44,6 +44,17 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     Ok(listener)
 }
 
+/// Serves an inherited listening socket (systemd socket activation) as if `bind` had made it:
+/// non-blocking, registered with the runtime, with the same TCP options.
+pub(crate) fn adopt(socket: std::net::TcpListener) -> io::Result<TcpListener> {
+    socket.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(socket)?;
+    if let Err(e) = crate::sockopt::tune_listener(&listener) {
+        tracing::warn!(error = %e, "cannot set TCP options on the inherited listener");
+    }
+    Ok(listener)
+}
+
 /// A listen address that could not be bound.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}")]

@@ -97,7 +97,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => match switchyard::config::load(&config) {
-            Ok(config) => serve(switchyard::run::run(config)),
+            // Inherited sockets are taken here, before the runtime's threads exist (the
+            // LISTEN_* variables are unset); one that no listener names is exit 2 like a config
+            // error.
+            Ok(config) => match switchyard::run::Inherited::from_env(&config) {
+                Ok(inherited) => serve(switchyard::run::run_with(config, inherited)),
+                Err(e) => {
+                    eprintln!("switchyard: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(EXIT_CONFIG)

@@ -1,6 +1,9 @@
-//! `switchyard run`: bind everything, serve, reload on SIGHUP, drain on SIGTERM/SIGINT.
+//! `switchyard run`: bind everything (or take systemd's sockets), serve, reload on SIGHUP, drain
+//! on SIGTERM/SIGINT, and tell systemd about each (sd_notify) when it asks.
 
+mod activation;
 mod listeners;
+mod notify;
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +17,9 @@ use crate::listener::BindError;
 use crate::metrics::Metrics;
 use crate::upstream::{self, health};
 
+pub use activation::{ActivationError, Inherited};
 use listeners::Listeners;
+use notify::Notifier;
 
 /// How long the start-up (and reload) check that upstream names resolve may wait per name.
 const NAME_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,28 +48,49 @@ pub enum RunError {
 /// closed, `/readyz` 503, open tunnels live on until they end or `drain_timeout`, then exit 0); a
 /// second one during the drain exits at once.
 pub async fn run(config: Config) -> Result<(), RunError> {
+    run_with(config, Inherited::default()).await
+}
+
+/// [`run`], serving the listeners systemd passed in `inherited` from those sockets.
+///
+/// With `NOTIFY_SOCKET` set, systemd hears `READY=1` (and `MAINPID`) once every listener accepts,
+/// `RELOADING=1` then `READY=1` around each SIGHUP (whether or not the reload took), `STOPPING=1`
+/// when the drain begins, and `WATCHDOG=1` every half of `WATCHDOG_USEC`.
+pub async fn run_with(config: Config, inherited: Inherited) -> Result<(), RunError> {
     raise_fd_limit();
+    let notifier = std::sync::Arc::new(Notifier::from_env());
+    if let Some(interval) = notify::watchdog_from_env() {
+        notifier.spawn_watchdog(interval);
+    }
     let source = config.source.clone();
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
 
-    let bound = listeners::bind(&config).await?;
+    let bound = listeners::bind(&config, inherited).await?;
     tokio::spawn(health::warn_unresolved(config.clone(), NAME_CHECK_TIMEOUT));
     let metrics = Metrics::default();
     let gateway = Gateway::new(Runtime::new(config, &metrics)?, metrics);
     let mut listeners = bound.serve(std::sync::Arc::clone(&gateway))?;
+    notifier.ready();
 
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(&source, &gateway, &mut listeners).await,
+            _ = hangup.recv() => {
+                notifier.reloading();
+                reload(&source, &gateway, &mut listeners).await;
+                // Also after a failed reload: the old configuration serves, and `systemctl reload`
+                // must not wait for its timeout.
+                notifier.ready();
+            }
         }
     }
     // Re-read at the signal: a reload may have changed it.
     let drain_timeout = gateway.runtime().config.limits.drain_timeout;
     tracing::info!(event = "draining", timeout = ?drain_timeout, "draining: no new connections; open tunnels may finish");
+    notifier.stopping();
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => {},

@@ -1,5 +1,6 @@
-//! The listening sockets of a running gateway, kept in step with its configuration: bound at
-//! start, opened, closed or restarted on SIGHUP, and closed when a drain begins.
+//! The listening sockets of a running gateway, kept in step with its configuration: bound (or
+//! inherited from systemd, see `activation`) at start, opened, closed or restarted on SIGHUP, and
+//! closed when a drain begins.
 //!
 //! Reload matches listeners by their configured `bind` (several `:0` listeners on one address
 //! pair up unchanged ones first, then in file order). A listener whose settings are unchanged keeps its socket and accept
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::RunError;
+use super::activation::Inherited;
 use crate::admin;
 use crate::config::{AdminConfig, Config, ListenerConfig};
 use crate::gateway::Gateway;
@@ -30,22 +32,35 @@ pub(super) struct Bound {
     admin: Option<(AdminConfig, TcpListener)>,
 }
 
-/// Binds every listener and the admin listener of `config` and loads their certificates.
-pub(super) async fn bind(config: &Config) -> Result<Bound, RunError> {
+/// Binds every listener and the admin listener of `config` and loads their certificates; one
+/// with an `inherited` socket (systemd socket activation) is served from it instead.
+pub(super) async fn bind(config: &Config, mut inherited: Inherited) -> Result<Bound, RunError> {
     let mut listeners = Vec::with_capacity(config.listeners.len());
-    for settings in &config.listeners {
+    for (index, settings) in config.listeners.iter().enumerate() {
         let tls = server_tls(settings).map_err(|source| RunError::Tls {
             addr: settings.bind,
             source,
         })?;
-        let tcp = listener::bind(settings.bind).await?;
+        let tcp = open(settings.bind, inherited.take_listener(index)).await?;
         listeners.push((settings.clone(), tcp, tls));
     }
     let admin = match &config.admin {
-        Some(a) => Some((a.clone(), listener::bind(a.bind).await?)),
+        Some(a) => Some((a.clone(), open(a.bind, inherited.take_admin()).await?)),
         None => None,
     };
     Ok(Bound { listeners, admin })
+}
+
+/// The inherited socket for `addr` if there is one, else a freshly bound one. Reloads keep
+/// either kind alike: both end up as the `Open` socket matched by `bind`.
+async fn open(
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<TcpListener, BindError> {
+    match inherited {
+        Some(socket) => listener::adopt(socket).map_err(|source| BindError { addr, source }),
+        None => listener::bind(addr).await,
+    }
 }
 
 impl Bound {

@@ -21,6 +21,7 @@ mod ops;
 mod pools;
 mod proxy_protocol;
 mod smuggling;
+mod systemd;
 mod tls;
 mod tunnel;
 mod upstream;

@@ -188,6 +188,32 @@ impl Gateway {
         .await
     }
 
+    /// Like [`Gateway::start`], but `wrap` makes the command from the binary's arguments: to
+    /// set variables or map descriptors into the child, or to start it through a shell that
+    /// `exec`s [`BIN`] with them (the process keeps the shell's pid).
+    pub async fn start_wrapped(
+        config_toml: &str,
+        wrap: impl FnOnce(&[&std::ffi::OsStr]) -> Command,
+    ) -> Gateway {
+        let (want_listeners, want_admin) = expected_binds(config_toml);
+        let dir = unique_temp_dir("gw");
+        let config_path = dir.join("switchyard.toml");
+        std::fs::write(&config_path, config_toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
+        let path = config_path.clone().into_os_string();
+        let args = [
+            "--log-format".as_ref(),
+            "json".as_ref(),
+            "run".as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+        ];
+        let what = format!("config:\n{config_toml}");
+        let command = wrap(&args);
+        let (want, admin) = (want_listeners, want_admin);
+        Gateway::spawn_command(command, dir, config_path, want, admin, &what).await
+    }
+
     async fn spawn(
         args: &[&std::ffi::OsStr],
         dir: PathBuf,
@@ -196,8 +222,20 @@ impl Gateway {
         want_admin: bool,
         what: &str,
     ) -> Gateway {
-        let mut child = Command::new(BIN)
-            .args(args)
+        let mut command = Command::new(BIN);
+        command.args(args);
+        Gateway::spawn_command(command, dir, config_path, want_listeners, want_admin, what).await
+    }
+
+    async fn spawn_command(
+        mut command: Command,
+        dir: PathBuf,
+        config_path: PathBuf,
+        want_listeners: usize,
+        want_admin: bool,
+        what: &str,
+    ) -> Gateway {
+        let mut child = command
             .env_remove("RUST_LOG")
             // Anything the process puts in the temp dir (e.g. `demo`'s config) goes in ours,
             // removed on drop even though the process is killed, not drained.
