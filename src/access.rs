@@ -72,14 +72,13 @@ impl AccessRecord {
 
     /// Logs a closed tunnel opened by this handshake.
     pub(crate) fn log_tunnel(&self, outcome: &TunnelOutcome) {
-        let closed_by = outcome.closed_by.to_string();
         self.emit(
             "tunnel_closed",
             "tunnel closed",
             outcome.duration,
             outcome.bytes_up,
             outcome.bytes_down,
-            &closed_by,
+            outcome.closed_by.as_str(),
             Some(outcome.engine.as_str()),
             outcome.ws.as_ref(),
         );

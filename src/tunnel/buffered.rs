@@ -5,7 +5,6 @@
 //! so an idle tunnel holds no user-space copy buffer (SPEC §5) and a busy one allocates nothing
 //! per chunk. Both directions are driven from one task, with no locks and no split halves.
 
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -67,23 +66,6 @@ impl Pump {
         }
     }
 
-    /// Writes `bytes` once; `Ok(0)` from a writer means it can take no more (closed).
-    fn poll_write_some<W: AsyncWrite + Unpin>(
-        &self,
-        cx: &mut Context<'_>,
-        writer: &mut W,
-        bytes: &[u8],
-    ) -> Poll<Result<usize, Failure>> {
-        match ready!(Pin::new(writer).poll_write(cx, bytes)) {
-            Ok(0) => Poll::Ready(Err(Failure::writing(
-                self.dir,
-                io::ErrorKind::WriteZero.into(),
-            ))),
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(Failure::writing(self.dir, e))),
-        }
-    }
-
     fn release_buf(&mut self) {
         if let Some(buf) = self.buf.take() {
             pool::give(buf);
@@ -118,7 +100,7 @@ impl Pump {
 
             // Bytes read past the handshake head go before anything read from the stream.
             while !self.early.is_empty() {
-                let n = ready!(self.poll_write_some(cx, writer, &self.early))?;
+                let n = ready!(duplex::write_some(cx, writer, &self.early, self.dir))?;
                 self.early.advance(n);
                 self.need_flush = true;
                 meter.delivered(self.dir, n);
@@ -131,7 +113,12 @@ impl Pump {
                 let Some(buf) = self.buf.as_deref() else {
                     break;
                 };
-                let n = ready!(self.poll_write_some(cx, writer, &buf[self.pos..self.end]))?;
+                let n = ready!(duplex::write_some(
+                    cx,
+                    writer,
+                    &buf[self.pos..self.end],
+                    self.dir
+                ))?;
                 self.pos += n;
                 self.need_flush = true;
                 meter.delivered(self.dir, n);

@@ -3,9 +3,11 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use tokio::io::AsyncWrite;
 
 use super::CopyEnd;
 use super::meter::{Direction, Meter, Side};
@@ -107,6 +109,21 @@ impl From<Failure> for CopyEnd {
             side: f.side,
             error: f.error,
         }
+    }
+}
+
+/// Writes `bytes` once to `dir`'s sink; `Ok(0)` from a writer means it can take no more
+/// (closed), which is a failure of that side like any write error.
+pub(super) fn write_some<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    sink: &mut W,
+    bytes: &[u8],
+    dir: Direction,
+) -> Poll<Result<usize, Failure>> {
+    match ready!(Pin::new(sink).poll_write(cx, bytes)) {
+        Ok(0) => Poll::Ready(Err(Failure::writing(dir, io::ErrorKind::WriteZero.into()))),
+        Ok(n) => Poll::Ready(Ok(n)),
+        Err(e) => Poll::Ready(Err(Failure::writing(dir, e))),
     }
 }
 

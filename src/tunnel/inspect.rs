@@ -27,7 +27,6 @@
 //! The meter counts every byte written to a side, the gateway's own frames included.
 
 use std::future::{Future, poll_fn};
-use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -37,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::WsReport;
-use super::duplex::Failure;
+use super::duplex::{Failure, write_some};
 use super::meter::{Direction, Meter, Side};
 use super::pool;
 use super::{CloseReason, CloseSeen, ClosedBy, CopyEnd, Initiator, InspectConfig, PoliteEnd};
@@ -830,20 +829,6 @@ impl Dir {
                 }
             }
         }
-    }
-}
-
-/// Writes `bytes` once; `Ok(0)` from a writer means it can take no more (closed).
-fn write_some<W: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    writer: &mut W,
-    bytes: &[u8],
-    dir: Direction,
-) -> Poll<Result<usize, Failure>> {
-    match ready!(Pin::new(writer).poll_write(cx, bytes)) {
-        Ok(0) => Poll::Ready(Err(Failure::writing(dir, io::ErrorKind::WriteZero.into()))),
-        Ok(n) => Poll::Ready(Ok(n)),
-        Err(e) => Poll::Ready(Err(Failure::writing(dir, e))),
     }
 }
 

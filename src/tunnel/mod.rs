@@ -322,13 +322,11 @@ where
     let meter = Meter::new(cfg.counters.as_ref());
     // Boxed and only for an inspected tunnel: an opaque one carries no report.
     let mut report = cfg.inspect.as_ref().map(|_| Box::<WsReport>::default());
+    let inspect = cfg.inspect.as_ref().zip(report.as_deref_mut());
     // In a block so the legs are stored once in this future (inside the copy), not twice.
     let (engine, copy) = {
-        let pair = Pair::pick(client, upstream, cfg.inspect.is_some());
-        (
-            pair.engine(),
-            pair.copy(&meter, cfg, polite, report.as_deref_mut()),
-        )
+        let pair = Pair::pick(client, upstream, inspect);
+        (pair.engine(), pair.copy(&meter, cfg.max_lifetime, polite))
     };
     // An inspected tunnel ends at its lifetime politely, inside its engine.
     let opaque_lifetime = cfg.max_lifetime.filter(|_| engine != Engine::Inspect);
@@ -355,8 +353,9 @@ where
     }
 }
 
-/// Both legs of a tunnel, as the engine picked for them takes them.
-enum Pair {
+/// Both legs of a tunnel, as the engine picked for them takes them; an inspected pair also
+/// carries what its engine enforces and the report it fills.
+enum Pair<'a> {
     #[cfg(target_os = "linux")]
     Splice {
         client: tokio::net::TcpStream,
@@ -375,16 +374,22 @@ enum Pair {
         client_early: Bytes,
         upstream: LegIo,
         upstream_early: Bytes,
+        cfg: &'a InspectConfig,
+        report: &'a mut WsReport,
     },
 }
 
-impl Pair {
+impl<'a> Pair<'a> {
     /// The one place an engine is chosen: two plain TCP legs splice, unless no pipe can be had
     /// (descriptors exhausted), which falls back to buffers rather than failing the tunnel; TLS
     /// and h2 legs are buffered. A tunnel to `inspect` takes the inspecting engine, whatever
     /// its legs.
-    fn pick(client: Leg, upstream: Leg, inspect: bool) -> Pair {
-        if inspect {
+    fn pick(
+        client: Leg,
+        upstream: Leg,
+        inspect: Option<(&'a InspectConfig, &'a mut WsReport)>,
+    ) -> Pair<'a> {
+        if let Some((cfg, report)) = inspect {
             let (client, client_early) = client.into_io();
             let (upstream, upstream_early) = upstream.into_io();
             return Pair::Inspect {
@@ -392,6 +397,8 @@ impl Pair {
                 client_early,
                 upstream,
                 upstream_early,
+                cfg,
+                report,
             };
         }
         match (client, upstream) {
@@ -444,15 +451,9 @@ impl Pair {
         }
     }
 
-    /// Runs the picked engine to its end; only the inspecting one uses `cfg.inspect`, `polite`
-    /// and `report`.
-    async fn copy<P>(
-        self,
-        meter: &Meter<'_>,
-        cfg: &TunnelConfig,
-        polite: P,
-        report: Option<&mut WsReport>,
-    ) -> CopyEnd
+    /// Runs the picked engine to its end; only the inspecting one uses `max_lifetime` (an
+    /// opaque tunnel's cap is `run`'s timer) and `polite`.
+    async fn copy<P>(self, meter: &Meter<'_>, max_lifetime: Option<Duration>, polite: P) -> CopyEnd
     where
         P: Future<Output = PoliteEnd>,
     {
@@ -475,13 +476,12 @@ impl Pair {
                 client_early,
                 upstream,
                 upstream_early,
+                cfg,
+                report,
             } => {
-                let (Some(inspect), Some(report)) = (&cfg.inspect, report) else {
-                    unreachable!("the inspecting engine is picked only with an InspectConfig");
-                };
                 let setup = inspect::Setup {
-                    cfg: inspect,
-                    max_lifetime: cfg.max_lifetime,
+                    cfg,
+                    max_lifetime,
                     polite,
                 };
                 // Boxed: the inspecting engine's state is several times an opaque engine's, and

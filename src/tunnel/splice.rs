@@ -171,23 +171,6 @@ impl Pump {
         }
     }
 
-    /// Writes `bytes` once with tokio's write; `Ok(0)` means the sink can take no more.
-    fn poll_write_some(
-        &self,
-        cx: &mut Context<'_>,
-        sink: &mut TcpStream,
-        bytes: &[u8],
-    ) -> Poll<Result<usize, Failure>> {
-        match ready!(Pin::new(sink).poll_write(cx, bytes)) {
-            Ok(0) => Poll::Ready(Err(Failure::writing(
-                self.dir,
-                io::ErrorKind::WriteZero.into(),
-            ))),
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(Failure::writing(self.dir, e))),
-        }
-    }
-
     /// Drives this direction until it must wait; `Ready(Ok)` once EOF has been passed on.
     fn poll_copy(
         &mut self,
@@ -212,7 +195,7 @@ impl Pump {
 
             // Bytes read past the handshake head go before anything read from the socket.
             while !self.early.is_empty() {
-                let n = ready!(self.poll_write_some(cx, sink, &self.early))?;
+                let n = ready!(duplex::write_some(cx, sink, &self.early, self.dir))?;
                 self.early.advance(n);
                 meter.delivered(self.dir, n);
                 if self.early.is_empty() {

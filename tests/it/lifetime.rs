@@ -118,22 +118,10 @@ async fn max_lifetime_jitter_spreads_the_ends() {
             spread >= Duration::from_millis(200),
             "ten tunnels ended within {spread:?} of each other: {lives:?}"
         );
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let ended = gw
-                .access_events()
-                .iter()
-                .filter(|e| e.get("closed_by").and_then(|t| t.as_str()) == Some("lifetime"))
-                .count();
-            if ended == 10 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{ended} of 10 closing events say closed_by lifetime"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        gw.wait_access_count("closed_by lifetime", 10, Duration::from_secs(3), |e| {
+            e.get("closed_by").and_then(|t| t.as_str()) == Some("lifetime")
+        })
+        .await;
     })
     .await;
 }

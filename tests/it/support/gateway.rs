@@ -153,21 +153,12 @@ impl Gateway {
     /// Writes `config_toml` to a fresh temp dir, starts `switchyard --log-format json run`, and
     /// waits (at most [`READY_TIMEOUT`]) until every listener and the admin listener are bound.
     pub async fn start(config_toml: &str) -> Gateway {
-        let (want_listeners, want_admin) = expected_binds(config_toml);
-        let dir = unique_temp_dir("gw");
-        let config_path = dir.join("switchyard.toml");
-        std::fs::write(&config_path, config_toml)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
-        let path = config_path.clone().into_os_string();
-        let args = [
-            "--log-format".as_ref(),
-            "json".as_ref(),
-            "run".as_ref(),
-            "--config".as_ref(),
-            path.as_os_str(),
-        ];
-        let what = format!("config:\n{config_toml}");
-        Gateway::spawn(&args, dir, config_path, want_listeners, want_admin, &what).await
+        Gateway::start_wrapped(config_toml, |args| {
+            let mut command = Command::new(BIN);
+            command.args(args);
+            command
+        })
+        .await
     }
 
     /// Starts the binary with `args` (which should include `--log-format json`) and waits like
@@ -444,6 +435,31 @@ impl Gateway {
                 "no log event {what} within {within:?}\nstderr:\n{}",
                 self.stderr_text()
             ),
+        }
+    }
+
+    /// Waits up to `within` until `want` access events match `pred`; panics naming `what`.
+    pub async fn wait_access_count(
+        &self,
+        what: &str,
+        want: usize,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) {
+        let count = async {
+            loop {
+                let woken = self.book.changed.notified();
+                if self.access_events().iter().filter(|e| pred(e)).count() >= want {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        if tokio::time::timeout(within, count).await.is_err() {
+            panic!(
+                "fewer than {want} access events {what} within {within:?}\nstderr:\n{}",
+                self.stderr_text()
+            );
         }
     }
 
