@@ -150,12 +150,30 @@ pub(crate) struct ServerAddr {
 }
 
 /// How the next server of an upstream is picked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) enum Balance {
     #[default]
     RoundRobin,
     /// Fewest open tunnels.
     LeastConnections,
+    /// Rendezvous hashing of the request's `hash_key` value (SPEC §10 "Affinity"); round robin
+    /// for a request without it.
+    Hash(HashKey),
+}
+
+/// Where a `balance = "hash"` upstream finds a request's affinity key (`hash_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HashKey {
+    /// `header:NAME`; the name is stored lower-cased (header names are case-insensitive).
+    Header(http::HeaderName),
+    /// `cookie:NAME`, compared exactly (RFC 6265 cookie names are case-sensitive).
+    Cookie(String),
+    /// `query:NAME`, a query parameter, compared after percent-decoding.
+    Query(String),
+    /// `claim:NAME`, a claim of the route's verified JWT (string or number).
+    Claim(String),
+    /// `client_ip`: the client's address (the PROXY header's source when there is one).
+    ClientIp,
 }
 
 /// TLS towards an upstream (`tls = true`).

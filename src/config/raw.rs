@@ -97,6 +97,7 @@ pub(super) struct RawLimits {
 pub(super) struct RawUpstream {
     pub(crate) servers: Vec<String>,
     pub(crate) balance: Option<String>,
+    pub(crate) hash_key: Option<String>,
     #[serde(default)]
     pub(crate) tls: bool,
     pub(crate) ca: Option<String>,

@@ -1,10 +1,10 @@
 //! Syntax of the words a config holds: listen addresses, upstream `host:port`, DNS names, route
-//! host patterns and RFC 7230 tokens. Each parser returns the typed value or a message that
+//! host patterns, RFC 7230 tokens and `hash_key` forms. Each parser returns the typed value or a message that
 //! quotes the offending text.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::model::{HostPattern, ServerAddr};
+use super::model::{HashKey, HostPattern, ServerAddr};
 
 /// A listen address must be an IP literal and a port: a listener binds before any resolver is
 /// worth trusting, and a name could resolve to several addresses.
@@ -105,9 +105,73 @@ pub(super) fn is_token(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// The `hash_key` forms, for messages.
+pub(super) const HASH_KEY_FORMS: &str =
+    "expected \"header:NAME\", \"cookie:NAME\", \"query:NAME\", \"claim:NAME\" or \"client_ip\"";
+
+/// A `hash_key` (SPEC §10): `KIND:NAME` or `client_ip`. Header and cookie names must be tokens
+/// (nothing else can appear in a request); query parameter and claim names may be any
+/// non-empty text without control characters.
+pub(super) fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    if text == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    let bad = |why: &str| format!("malformed hash_key {text:?}: {why}; {HASH_KEY_FORMS}");
+    let Some((kind, name)) = text.split_once(':') else {
+        return Err(bad("no kind"));
+    };
+    if name.is_empty() {
+        return Err(bad("empty name"));
+    }
+    let named = |ok: bool| if ok { Ok(name.to_owned()) } else { Err(bad("not a valid name")) };
+    let printable = !name.chars().any(char::is_control);
+    match kind {
+        "header" => http::HeaderName::from_bytes(name.as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| bad("not a header name")),
+        "cookie" => named(is_token(name)).map(HashKey::Cookie),
+        "query" => named(printable).map(HashKey::Query),
+        "claim" => named(printable).map(HashKey::Claim),
+        _ => Err(bad(&format!("unknown kind {kind:?}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_keys() {
+        let header = |n: &'static str| HashKey::Header(http::HeaderName::from_static(n));
+        let ok = [
+            ("header:X-Room", header("x-room")),
+            ("cookie:room", HashKey::Cookie("room".into())),
+            ("query:room", HashKey::Query("room".into())),
+            ("query:a b", HashKey::Query("a b".into())),
+            ("claim:sub", HashKey::Claim("sub".into())),
+            ("claim:https://example.com/tenant", HashKey::Claim("https://example.com/tenant".into())),
+            ("client_ip", HashKey::ClientIp),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_hash_key(text), Ok(want), "{text}");
+        }
+        // (text, what the message says)
+        let bad = [
+            ("bogus:room", "unknown kind \"bogus\""),
+            ("query:", "empty name"),
+            ("room", "no kind"),
+            ("header", "no kind"),
+            ("", "no kind"),
+            ("Client_IP", "no kind"),
+            ("header:x room", "not a header name"),
+            ("cookie:a;b", "not a valid name"),
+            ("query:a\nb", "not a valid name"),
+        ];
+        for (text, says) in bad {
+            let err = parse_hash_key(text).expect_err(text);
+            assert!(err.contains(says) && err.contains(&format!("{text:?}")), "{text}: {err}");
+        }
+    }
 
     #[test]
     fn binds() {

@@ -466,6 +466,28 @@ fn good_base_config_loads() {
     );
 }
 
+#[test]
+fn hash_balance_takes_every_hash_key_form() {
+    let dir = TestDir::new();
+    let header = HashKey::Header(http::HeaderName::from_static("x-room"));
+    let rows = [
+        ("header:X-Room", header),
+        ("cookie:room", HashKey::Cookie("room".into())),
+        ("query:room", HashKey::Query("room".into())),
+        ("claim:sub", HashKey::Claim("sub".into())),
+        ("client_ip", HashKey::ClientIp),
+    ];
+    for (text, want) in rows {
+        let with = GOOD.replacen(
+            "balance = \"round_robin\"",
+            &format!("balance = \"hash\"\nhash_key = \"{text}\""),
+            1,
+        );
+        let config = load_ok(&dir.write("hash.toml", &with));
+        assert_eq!(config.upstreams["chat"].balance, Balance::Hash(want), "{text}");
+    }
+}
+
 /// One rejection: replace the first `from` in [`GOOD`] by `to`; the single error must name
 /// `key` on the line holding occurrence `nth` of `at`, and say `says`.
 struct Reject {
@@ -957,6 +979,46 @@ const REJECTS: &[Reject] = &[
         at: ("random_walk", 0),
         key: "upstreams.chat.balance",
         says: "\"random_walk\"",
+    },
+    Reject {
+        name: "hash without hash_key",
+        from: "balance = \"round_robin\"",
+        to: "balance = \"hash\"",
+        at: ("hash", 0),
+        key: "upstreams.chat.balance",
+        says: "balance = \"hash\" needs a hash_key",
+    },
+    Reject {
+        name: "hash_key with round_robin",
+        from: "balance = \"round_robin\"",
+        to: "balance = \"round_robin\"\nhash_key = \"query:room\"",
+        at: ("query:room", 0),
+        key: "upstreams.chat.hash_key",
+        says: "only used with balance = \"hash\"",
+    },
+    Reject {
+        name: "hash_key with the default balance",
+        from: "servers = [\"127.0.0.1:3000\"]",
+        to: "servers = [\"127.0.0.1:3000\"]\nhash_key = \"client_ip\"",
+        at: ("client_ip", 0),
+        key: "upstreams.web.hash_key",
+        says: "\"client_ip\" is only used with balance = \"hash\"",
+    },
+    Reject {
+        name: "hash_key of an unknown kind",
+        from: "balance = \"round_robin\"",
+        to: "balance = \"hash\"\nhash_key = \"bogus:room\"",
+        at: ("bogus:room", 0),
+        key: "upstreams.chat.hash_key",
+        says: "unknown kind \"bogus\"",
+    },
+    Reject {
+        name: "hash_key without a name",
+        from: "balance = \"round_robin\"",
+        to: "balance = \"hash\"\nhash_key = \"query:\"",
+        at: ("query:", 0),
+        key: "upstreams.chat.hash_key",
+        says: "empty name",
     },
     Reject {
         name: "unknown send_proxy_protocol",

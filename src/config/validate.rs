@@ -25,7 +25,10 @@ use super::raw::{
     RawConfig, RawDuration, RawLimits, RawListener, RawListenerTls, RawRoute, RawUpstream,
     RawWebSocket,
 };
-use super::syntax::{is_dns_name, is_token, parse_bind, parse_host_pattern, parse_server};
+use super::syntax::{
+    HASH_KEY_FORMS, is_dns_name, is_token, parse_bind, parse_hash_key, parse_host_pattern,
+    parse_server,
+};
 use crate::tls::pem::{self, PemError};
 
 /// One problem: where, and what is wrong (quoting the offending value).
@@ -449,18 +452,7 @@ impl Validator<'_> {
                 Ok(server) => servers.push(server),
             }
         }
-        let balance = match raw.balance.as_deref() {
-            None => Balance::default(),
-            Some("round_robin") => Balance::RoundRobin,
-            Some("least_connections") => Balance::LeastConnections,
-            Some(other) => {
-                self.bad(
-                    &at.key("balance"),
-                    format!("unknown balance {other:?}: expected \"round_robin\" or \"least_connections\""),
-                );
-                Balance::default()
-            }
-        };
+        let balance = self.balance(at, raw);
         let tls = self.upstream_tls(at, raw);
         let send_proxy_protocol = match raw.send_proxy_protocol.as_deref() {
             None => None,
@@ -501,6 +493,43 @@ impl Validator<'_> {
             tls,
             send_proxy_protocol,
             health,
+        }
+    }
+
+    /// `balance`, with `hash_key` exactly when it is `"hash"` (SPEC §2).
+    fn balance(&mut self, at: &KeyPath, raw: &RawUpstream) -> Balance {
+        let hash = raw.balance.as_deref() == Some("hash");
+        if let (false, Some(key)) = (hash, &raw.hash_key) {
+            self.bad(
+                &at.key("hash_key"),
+                format!("hash_key {key:?} is only used with balance = \"hash\""),
+            );
+        }
+        match raw.balance.as_deref() {
+            None => Balance::default(),
+            Some("round_robin") => Balance::RoundRobin,
+            Some("least_connections") => Balance::LeastConnections,
+            Some("hash") => match raw.hash_key.as_deref().map(parse_hash_key) {
+                Some(Ok(key)) => Balance::Hash(key),
+                Some(Err(problem)) => {
+                    self.bad(&at.key("hash_key"), problem);
+                    Balance::default()
+                }
+                None => {
+                    self.bad(
+                        &at.key("balance"),
+                        format!("balance = \"hash\" needs a hash_key: {HASH_KEY_FORMS}"),
+                    );
+                    Balance::default()
+                }
+            },
+            Some(other) => {
+                self.bad(
+                    &at.key("balance"),
+                    format!("unknown balance {other:?}: expected \"round_robin\", \"least_connections\" or \"hash\""),
+                );
+                Balance::default()
+            }
         }
     }
 

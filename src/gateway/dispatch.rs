@@ -101,10 +101,12 @@ impl Conn {
             .upstreams
             .get(upgrade.upstream())
             .ok_or(Reject::UpstreamUnreachable)?;
+        // SPEC §10 "Affinity". Claims: `None` until the route's verified JWT claims are wired in.
+        let key = pool.affinity_key(parts, self.client.ip(), None);
         let answer = self
             .runtime
             .upstreams
-            .upgrade(pool, request, self.addrs(), None)
+            .upgrade(pool, request, self.addrs(), key)
             .await?;
         let (head, upstream, lease) = match answer {
             Answer::Switched {

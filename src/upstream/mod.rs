@@ -17,10 +17,12 @@
 //! http      the keep-alive client of an `http` upstream (PoolConnector, ProgressBody, forward)
 //! health    active health checks and the start-up name check
 //! pool      Pool, Server, ServerLease: the passive and active verdicts, connect with failover
-//! balance   the pick order (round robin, least connections), ready for a request key
+//! affinity  PURE: a request's key for `balance = "hash"` (header, cookie, query, claim, IP)
+//! balance   the pick order (round robin, least connections, rendezvous hashing of that key)
 //! dial      the Connect trait and the Dialer: TCP, PROXY header, TLS
 //! ```
 
+pub(crate) mod affinity;
 mod balance;
 mod dial;
 pub(crate) mod health;
@@ -117,7 +119,7 @@ impl Upstreams {
 
     /// Connects to a server of `pool` and sends `request` as an HTTP/1.1 upgrade. `client` is the
     /// client connection's two ends, for the pool's `send_proxy_protocol` header; `key` is the
-    /// request's affinity key for the server pick (today's policies ignore it).
+    /// request's affinity key for the server pick ([`Pool::affinity_key`]).
     pub(crate) async fn upgrade(
         &self,
         pool: &Pool,

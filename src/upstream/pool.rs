@@ -7,15 +7,18 @@
 //! - active (`health`, see [`super::health`]): a failed check takes it out until a check passes;
 //!   a passing check also clears the passive backoff, since the check just reached it.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::request::Parts;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::balance::{Balancer, Slot};
+use super::affinity;
+use super::balance::{self, Balancer, Slot};
 use super::dial::{self, Connect, Dialer};
-use crate::config::{HealthCheck, ServerAddr, UpstreamConfig};
+use crate::config::{Balance, HashKey, HealthCheck, ServerAddr, UpstreamConfig};
 use crate::error::Reject;
 use crate::io::UpstreamStream;
 use crate::metrics::{Metrics, ServerMetrics};
@@ -51,6 +54,8 @@ pub(crate) struct Server {
     addr: ServerAddr,
     /// `host:port` as written in the config, for logs.
     pub(crate) label: String,
+    /// The stable hash of `label`: the server's identity for rendezvous hashing.
+    id: u64,
     health: Mutex<Health>,
     active: AtomicUsize,
     metrics: ServerMetrics,
@@ -119,6 +124,7 @@ impl Pool {
                     let label = dial::format_addr(addr);
                     Arc::new(Server {
                         metrics: metrics.upstream_server(&config.name, &label),
+                        id: balance::stable_hash(label.as_bytes()),
                         label,
                         addr: addr.clone(),
                         health: Mutex::default(),
@@ -126,7 +132,7 @@ impl Pool {
                     })
                 })
                 .collect(),
-            balancer: Balancer::new(config.balance),
+            balancer: Balancer::new(config.balance.clone()),
             dialer,
             health: config.health.clone(),
             connect_seconds: metrics.upstream_connect_histogram(),
@@ -141,6 +147,25 @@ impl Pool {
     /// The active health check, when configured.
     pub(crate) fn health_check(&self) -> Option<&HealthCheck> {
         self.health.as_ref()
+    }
+
+    /// Where this pool finds a request's affinity key: `Some` for `balance = "hash"`.
+    pub(crate) fn hash_key(&self) -> Option<&HashKey> {
+        match self.balancer.policy() {
+            Balance::Hash(key) => Some(key),
+            Balance::RoundRobin | Balance::LeastConnections => None,
+        }
+    }
+
+    /// The affinity key of a request for this pool: `None` unless `balance = "hash"` and the
+    /// request has a value for its `hash_key` (see [`affinity::key`]).
+    pub(crate) fn affinity_key(
+        &self,
+        parts: &Parts,
+        client: IpAddr,
+        claims: Option<&affinity::Claims>,
+    ) -> Option<u64> {
+        affinity::key(self.hash_key()?, parts, client, claims)
     }
 
     /// The pool's name, for logs and labels.
@@ -164,6 +189,7 @@ impl Pool {
             .map(|s| Slot {
                 up: s.is_up(now),
                 active: s.active.load(Ordering::Acquire),
+                id: s.id,
             })
             .collect();
         self.balancer
@@ -322,7 +348,6 @@ pub(crate) mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::config::Balance;
 
     /// A pool of `n` servers on 127.0.0.1:9000.. (nothing listens: tests dial through fakes).
     pub(crate) fn pool(balance: Balance, n: usize) -> Pool {
