@@ -23,8 +23,12 @@ use crate::upstream::{Answer, RelayBody, ServerLease};
 /// What a request became, for its front to answer.
 pub(crate) enum Outcome {
     /// An ordinary request for the route's `http` upstream `upstream`: the front forwards it
-    /// with its body (not a handshake).
-    Plain { upstream: String, host: String },
+    /// with its body (not a handshake); `key` is its affinity key for that upstream (SPEC §10).
+    Plain {
+        upstream: String,
+        host: String,
+        key: Option<u64>,
+    },
     /// The upstream switched and its 101 passed: answer `response`, then tunnel.
     Switched(Switched),
     /// The upstream refused the upgrade: its answer, made safe to relay. The client connection
@@ -73,7 +77,14 @@ impl Conn {
         let Some(upgrade) = Upgrade::check(parts, route, ws, carrier, kind, rand::random()) else {
             let upstream = route.http.clone().ok_or(Reject::UpgradeRequired)?;
             rec.upstream = Some(upstream.clone());
-            return Ok(Outcome::Plain { upstream, host });
+            // Claims: `None` until the route's verified JWT claims are wired in (as below).
+            let key = (self.runtime.upstreams.get(&upstream))
+                .and_then(|pool| pool.affinity_key(parts, self.client.ip(), None));
+            return Ok(Outcome::Plain {
+                upstream,
+                host,
+                key,
+            });
         };
         let upgrade = upgrade?;
         if let Upgrade::WebSocket { negotiated, .. } = &upgrade {

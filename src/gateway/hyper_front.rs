@@ -45,13 +45,17 @@ impl Conn {
             .get::<hyper::ext::Protocol>()
             .map(|p| p.as_str().to_owned());
         let response = match self.dispatch(&parts, protocol.as_deref(), &mut rec).await {
-            Ok(Outcome::Plain { upstream, host }) => {
+            Ok(Outcome::Plain {
+                upstream,
+                host,
+                key,
+            }) => {
                 let fwd = ForwardInfo {
                     client: self.client,
                     tls: self.tls,
                     host: &host,
                 };
-                return Ok(self.proxy_plain(&parts, body, &upstream, &fwd).await);
+                return Ok(self.proxy_plain(&parts, body, &upstream, key, &fwd).await);
             }
             Ok(Outcome::Refused(response)) => response.map(|b| b.map_err(Into::into).boxed()),
             Ok(Outcome::Switched(switched)) => {
@@ -85,12 +89,14 @@ impl Conn {
     }
 
     /// Reverse-proxies an ordinary request to the `http` upstream `name`: the pool picks the
-    /// server (with failover), the keep-alive client reuses connections, both bodies stream.
+    /// server (with failover; by `key` for a hash pool), the keep-alive client reuses
+    /// connections, both bodies stream.
     async fn proxy_plain(
         &self,
         parts: &Parts,
         body: Incoming,
         name: &str,
+        key: Option<u64>,
         fwd: &ForwardInfo<'_>,
     ) -> Response<ProxyBody> {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -104,7 +110,7 @@ impl Conn {
         *request.uri_mut() = uri;
         // Host, X-Forwarded-* and Forwarded come from `fwd`; hop-by-hop headers are dropped.
         *request.headers_mut() = handshake::forward_headers(&parts.headers, fwd);
-        match self.runtime.upstreams.forward(name, request).await {
+        match self.runtime.upstreams.forward(name, request, key).await {
             Err(reject) => rejected(&reject, self),
             Ok(response) => {
                 let (mut head, body) = response.into_parts();

@@ -1,6 +1,16 @@
 //! Ordinary requests for a route's `http` upstream: one keep-alive client per pool whose
 //! connector picks and dials servers exactly as the upgrades do, and the answer timeout that
 //! restarts on every request body chunk.
+//!
+//! Affinity (`balance = "hash"`): hyper-util's pool hands its connector nothing of a request
+//! but the URI's authority, and reuses idle connections by that authority. So a request with
+//! an affinity key is picked here, before the client sees it, and its authority names the
+//! pick: [`affine_authority`] of its first two servers in hash order. Connections are then
+//! pooled per (first, second) pick, at most N·(N−1) groups; a request reuses a connection to
+//! its own server, and the connector fails over to the second, then the others in rotation.
+//! A connection that reached any server but the first is used for that one request only
+//! (poisoned), so a key comes back to its server as soon as the server does. Requests without
+//! a key keep [`HTTP_AUTHORITY`] and the pool's round robin over shared connections.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +27,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::pool::Pool;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::Reject;
 use crate::io::UpstreamStream;
 
@@ -29,6 +40,35 @@ pub(crate) const HTTP_AUTHORITY: &str = "upstream";
 
 /// The keep-alive client of one pool: hyper-util's connection pool over [`PoolConnector`].
 pub(crate) type HttpClient = Client<PoolConnector, ProgressBody>;
+
+/// How many servers of a request's hash order its pool key names (see the module docs): the
+/// first, and the second to fail over to; more would split the idle connections into more
+/// groups for a failover that then needs two servers down at once.
+const AFFINE_DEPTH: usize = 2;
+
+/// The pool key of a request whose key picked the servers `order` (indices, hash order):
+/// `s0.s2.upstream` for first 0, then 2. `None` when no server is up (the connector's
+/// ordinary path answers 502 at once).
+pub(crate) fn affine_authority(order: &[usize]) -> Option<String> {
+    if order.is_empty() {
+        return None;
+    }
+    let mut authority = String::new();
+    for i in order.iter().take(AFFINE_DEPTH) {
+        authority.push_str(&format!("s{i}."));
+    }
+    authority.push_str(HTTP_AUTHORITY);
+    Some(authority)
+}
+
+/// The server indices an [`affine_authority`] names; `None` for any other host.
+fn affine_order(host: &str) -> Option<Vec<usize>> {
+    let picks = host.strip_suffix(HTTP_AUTHORITY)?.strip_suffix('.')?;
+    picks
+        .split('.')
+        .map(|s| s.strip_prefix('s')?.parse().ok())
+        .collect()
+}
 
 /// The keep-alive client of `pool`; a new connection must connect within `connect_timeout`.
 pub(crate) fn client(pool: &Arc<Pool>, connect_timeout: Duration) -> HttpClient {
@@ -49,9 +89,15 @@ pub(crate) fn client(pool: &Arc<Pool>, connect_timeout: Duration) -> HttpClient 
 pub(crate) async fn forward(
     client: &HttpClient,
     name: &str,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
+    affinity: Option<String>,
     stall_limit: Duration,
 ) -> Result<Response<Incoming>, Reject> {
+    if let Some(authority) = affinity {
+        let mut uri = std::mem::take(request.uri_mut()).into_parts();
+        uri.authority = Some(authority.parse().map_err(|_| Reject::UpstreamUnreachable)?);
+        *request.uri_mut() = Uri::from_parts(uri).map_err(|_| Reject::UpstreamUnreachable)?;
+    }
     let progress = Arc::new(Progress::new());
     let request = request.map(|body| ProgressBody {
         inner: body,
@@ -80,7 +126,7 @@ pub(crate) struct PoolConnector {
 }
 
 impl tower_service::Service<Uri> for PoolConnector {
-    type Response = TokioIo<UpstreamStream>;
+    type Response = TokioIo<PooledStream>;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
 
@@ -88,22 +134,70 @@ impl tower_service::Service<Uri> for PoolConnector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _dst: Uri) -> Self::Future {
+    fn call(&mut self, dst: Uri) -> Self::Future {
         let pool = Arc::clone(&self.pool);
         let timeout = self.timeout;
+        let preferred = dst.host().and_then(affine_order);
         Box::pin(async move {
-            // A connection is shared by many requests, so no one request's key picks it.
-            match pool.connect_any(timeout, None, None).await {
-                Ok((stream, _)) => Ok(TokioIo::new(stream)),
+            let connected = match preferred {
+                // Requests without a key share connections, so no one request picks them.
+                None => pool
+                    .connect_any(timeout, None, None)
+                    .await
+                    .map(|(stream, _)| (stream, true)),
+                Some(order) => pool.connect_preferring(timeout, &order).await,
+            };
+            match connected {
+                Ok((stream, reusable)) => Ok(TokioIo::new(PooledStream { stream, reusable })),
                 Err(reject) => Err(ConnectError(reject)),
             }
         })
     }
 }
 
-impl Connection for UpstreamStream {
+/// A connection of a pool's keep-alive client; one that must not be reused (a failover away
+/// from the server its pool key names) says so to hyper-util's pool.
+#[derive(Debug)]
+pub(crate) struct PooledStream {
+    stream: UpstreamStream,
+    reusable: bool,
+}
+
+impl Connection for PooledStream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        let connected = Connected::new();
+        if !self.reusable {
+            connected.poison();
+        }
+        connected
+    }
+}
+
+impl AsyncRead for PooledStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PooledStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -199,6 +293,29 @@ mod tests {
     use super::*;
     use futures_util::FutureExt;
     use tokio::time::Instant;
+
+    #[test]
+    fn affine_authorities_name_the_first_two_picks() {
+        // (order, authority)
+        let rows: &[(&[usize], Option<&str>)] = &[
+            (&[], None),
+            (&[3], Some("s3.upstream")),
+            (&[0, 2], Some("s0.s2.upstream")),
+            (&[2, 0, 1], Some("s2.s0.upstream")),
+        ];
+        for (order, want) in rows {
+            let got = affine_authority(order);
+            assert_eq!(got.as_deref(), *want, "{order:?}");
+            if let Some(authority) = got {
+                let uri: Uri = format!("http://{authority}/x").parse().unwrap();
+                let back = affine_order(uri.host().unwrap()).unwrap();
+                assert_eq!(back, order[..order.len().min(AFFINE_DEPTH)], "{order:?}");
+            }
+        }
+        for host in [HTTP_AUTHORITY, "s0upstream", "x0.upstream", "s.upstream", "s0.other"] {
+            assert_eq!(affine_order(host), None, "{host}");
+        }
+    }
 
     #[test]
     fn connect_errors_keep_the_502_504_decision() {

@@ -138,13 +138,19 @@ impl Upstreams {
     /// neither took request bytes nor answered for `upstream_handshake_timeout` 504 (the timer
     /// restarts on every request body chunk, so a long upload is not cut off); any other error
     /// before the answer head 502.
+    /// `key` is the request's affinity key ([`Pool::affinity_key`]): with one, the request goes
+    /// to its server in hash order, as an upgrade would.
     pub(crate) async fn forward(
         &self,
         name: &str,
         request: Request<Incoming>,
+        key: Option<u64>,
     ) -> Result<Response<Incoming>, Reject> {
         let client = self.http.get(name).ok_or(Reject::UpstreamUnreachable)?;
-        http::forward(client, name, request, self.handshake_timeout).await
+        let affinity = key
+            .zip(self.pools.get(name))
+            .and_then(|(key, pool)| http::affine_authority(&pool.pick_order(Some(key))));
+        http::forward(client, name, request, affinity, self.handshake_timeout).await
     }
 }
 

@@ -182,6 +182,14 @@ impl Pool {
     /// left out. Empty when every server is down (answered 502 at once). `key` is the request's
     /// affinity key, for policies that pick by request.
     fn candidates(&self, key: Option<u64>) -> Vec<Arc<Server>> {
+        self.pick_order(key)
+            .into_iter()
+            .map(|i| Arc::clone(&self.servers[i]))
+            .collect()
+    }
+
+    /// [`Pool::candidates`] as indices into [`Pool::servers`].
+    pub(crate) fn pick_order(&self, key: Option<u64>) -> Vec<usize> {
         let now = Instant::now();
         let slots: Vec<Slot> = self
             .servers
@@ -192,11 +200,35 @@ impl Pool {
                 id: s.id,
             })
             .collect();
-        self.balancer
-            .pick(&slots, key)
-            .into_iter()
-            .map(|i| Arc::clone(&self.servers[i]))
-            .collect()
+        self.balancer.pick(&slots, key)
+    }
+
+    /// Connects to the servers at `preferred` (indices, in the order a request's key picked
+    /// them, those down by now skipped) and, failing them all, to the other servers in rotation
+    /// order. Also says whether the server reached is `preferred[0]`. For the keep-alive client
+    /// of a hash pool, whose connector learns a request's pick only through its pool key.
+    pub(crate) async fn connect_preferring(
+        &self,
+        timeout: Duration,
+        preferred: &[usize],
+    ) -> Result<(UpstreamStream, bool), Reject> {
+        let now = Instant::now();
+        let first = preferred.first().and_then(|&i| self.servers.get(i));
+        let mut candidates: Vec<Arc<Server>> = preferred
+            .iter()
+            .filter_map(|&i| self.servers.get(i))
+            .filter(|s| s.is_up(now))
+            .cloned()
+            .collect();
+        for server in self.candidates(None) {
+            if !candidates.iter().any(|c| Arc::ptr_eq(c, &server)) {
+                candidates.push(server);
+            }
+        }
+        let (stream, server) = self
+            .connect_in(&self.dialer, timeout, None, candidates)
+            .await?;
+        Ok((stream, first.is_some_and(|f| Arc::ptr_eq(f, &server))))
     }
 
     /// Connects to the first server that answers, in `candidates` order, for a tunnel: the lease
@@ -231,8 +263,19 @@ impl Pool {
         client: Option<ProxiedAddrs>,
         key: Option<u64>,
     ) -> Result<(C::Stream, Arc<Server>), Reject> {
+        self.connect_in(dialer, timeout, client, self.candidates(key))
+            .await
+    }
+
+    /// [`Pool::connect_via`] over `candidates`, in that order.
+    async fn connect_in<C: Connect>(
+        &self,
+        dialer: &C,
+        timeout: Duration,
+        client: Option<ProxiedAddrs>,
+        candidates: Vec<Arc<Server>>,
+    ) -> Result<(C::Stream, Arc<Server>), Reject> {
         let mut last = Reject::UpstreamUnreachable;
-        let candidates = self.candidates(key);
         for server in &candidates {
             let started = Instant::now();
             match tokio::time::timeout(timeout, dialer.connect(&server.addr, client)).await {
