@@ -7,6 +7,7 @@
 
 mod support;
 
+mod affinity;
 mod churn;
 mod cli;
 mod demo;

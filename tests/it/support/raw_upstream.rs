@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -353,9 +353,16 @@ pub struct RawUpstream {
 impl RawUpstream {
     /// Listens on 127.0.0.1:0 and runs `script` for each accepted connection.
     pub async fn start(script: Script) -> RawUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind raw upstream");
+        RawUpstream::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), script).await
+    }
+
+    /// Listens on `addr` (with SO_REUSEADDR, so a stopped upstream's port can be taken again
+    /// while its old connections linger) and runs `script` for each accepted connection.
+    pub async fn start_at(addr: SocketAddr, script: Script) -> RawUpstream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(addr).expect("bind raw upstream");
+        let listener = socket.listen(1024).expect("listen");
         let addr = listener.local_addr().expect("local_addr");
         let conns: Arc<Mutex<Vec<Arc<ConnLog>>>> = Arc::default();
         let activity = Arc::new(Notify::new());
