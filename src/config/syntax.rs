@@ -123,7 +123,13 @@ pub(super) fn parse_hash_key(text: &str) -> Result<HashKey, String> {
     if name.is_empty() {
         return Err(bad("empty name"));
     }
-    let named = |ok: bool| if ok { Ok(name.to_owned()) } else { Err(bad("not a valid name")) };
+    let named = |ok: bool| {
+        if ok {
+            Ok(name.to_owned())
+        } else {
+            Err(bad("not a valid name"))
+        }
+    };
     let printable = !name.chars().any(char::is_control);
     match kind {
         "header" => http::HeaderName::from_bytes(name.as_bytes())
@@ -149,7 +155,10 @@ mod tests {
             ("query:room", HashKey::Query("room".into())),
             ("query:a b", HashKey::Query("a b".into())),
             ("claim:sub", HashKey::Claim("sub".into())),
-            ("claim:https://example.com/tenant", HashKey::Claim("https://example.com/tenant".into())),
+            (
+                "claim:https://example.com/tenant",
+                HashKey::Claim("https://example.com/tenant".into()),
+            ),
             ("client_ip", HashKey::ClientIp),
         ];
         for (text, want) in ok {
@@ -169,7 +178,10 @@ mod tests {
         ];
         for (text, says) in bad {
             let err = parse_hash_key(text).expect_err(text);
-            assert!(err.contains(says) && err.contains(&format!("{text:?}")), "{text}: {err}");
+            assert!(
+                err.contains(says) && err.contains(&format!("{text:?}")),
+                "{text}: {err}"
+            );
         }
     }
 

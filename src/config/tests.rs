@@ -484,7 +484,11 @@ fn hash_balance_takes_every_hash_key_form() {
             1,
         );
         let config = load_ok(&dir.write("hash.toml", &with));
-        assert_eq!(config.upstreams["chat"].balance, Balance::Hash(want), "{text}");
+        assert_eq!(
+            config.upstreams["chat"].balance,
+            Balance::Hash(want),
+            "{text}"
+        );
     }
 }
 

@@ -187,8 +187,15 @@ mod tests {
     #[test]
     fn the_key_is_the_values_hash_whatever_its_source() {
         let want = Some(stable_hash(b"lobby"));
-        let p = parts("/ws?room=lobby", &[("x-room", "lobby"), ("cookie", "room=lobby")]);
-        for hash_key in [header("x-room"), HashKey::Cookie("room".into()), HashKey::Query("room".into())] {
+        let p = parts(
+            "/ws?room=lobby",
+            &[("x-room", "lobby"), ("cookie", "room=lobby")],
+        );
+        for hash_key in [
+            header("x-room"),
+            HashKey::Cookie("room".into()),
+            HashKey::Query("room".into()),
+        ] {
             assert_eq!(key(&hash_key, &p, CLIENT, None), want, "{hash_key:?}");
         }
     }
@@ -202,7 +209,11 @@ mod tests {
         let v6: IpAddr = "2001:db8::7".parse().unwrap();
         let k = |ip| key(&HashKey::ClientIp, &p, ip, None);
         assert_eq!(k(v4), Some(stable_hash(&[192, 0, 2, 7])));
-        assert_eq!(k(mapped), k(v4), "an IPv4-mapped address is its IPv4 address");
+        assert_eq!(
+            k(mapped),
+            k(v4),
+            "an IPv4-mapped address is its IPv4 address"
+        );
         assert_ne!(k(other), k(v4));
         assert!(k(v6).is_some() && k(v6) != k(v4));
     }

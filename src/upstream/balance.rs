@@ -205,9 +205,18 @@ mod tests {
         // Listed first, so every old server changes position: positions must not matter.
         let four = ["10.0.0.4:8080", THREE[0], THREE[1], THREE[2]];
         let after = first_choices(&four, &servers(&four));
-        let moved: Vec<usize> = (0..before.len()).filter(|&k| before[k] != after[k]).collect();
-        assert!((2_200..=2_800).contains(&moved.len()), "{} of 10000 moved", moved.len());
-        assert!(moved.iter().all(|&k| after[k] == four[0]), "a key moved between old servers");
+        let moved: Vec<usize> = (0..before.len())
+            .filter(|&k| before[k] != after[k])
+            .collect();
+        assert!(
+            (2_200..=2_800).contains(&moved.len()),
+            "{} of 10000 moved",
+            moved.len()
+        );
+        assert!(
+            moved.iter().all(|&k| after[k] == four[0]),
+            "a key moved between old servers"
+        );
     }
 
     #[test]
@@ -217,7 +226,10 @@ mod tests {
         let after = first_choices(&THREE, &servers(&THREE));
         for k in 0..before.len() {
             if before[k] != four[0] {
-                assert_eq!(before[k], after[k], "key {k} moved off a server that stayed");
+                assert_eq!(
+                    before[k], after[k],
+                    "key {k} moved off a server that stayed"
+                );
             }
         }
         assert!(after.iter().all(|a| a != four[0]));
@@ -241,7 +253,11 @@ mod tests {
         slots[1].up = true;
         for (k, full) in (0..1_000u64).zip(&before) {
             let key = Some(stable_hash(&k.to_be_bytes()));
-            assert_eq!(&order(&hash(), 0, &slots, key), full, "key {k} did not come back");
+            assert_eq!(
+                &order(&hash(), 0, &slots, key),
+                full,
+                "key {k} did not come back"
+            );
         }
     }
 

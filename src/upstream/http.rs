@@ -27,9 +27,9 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::pool::Pool;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::Reject;
 use crate::io::UpstreamStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How long an idle keep-alive connection to an `http` upstream is kept for reuse.
 const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -312,7 +312,13 @@ mod tests {
                 assert_eq!(back, order[..order.len().min(AFFINE_DEPTH)], "{order:?}");
             }
         }
-        for host in [HTTP_AUTHORITY, "s0upstream", "x0.upstream", "s.upstream", "s0.other"] {
+        for host in [
+            HTTP_AUTHORITY,
+            "s0upstream",
+            "x0.upstream",
+            "s.upstream",
+            "s0.other",
+        ] {
             assert_eq!(affine_order(host), None, "{host}");
         }
     }

@@ -188,13 +188,19 @@ async fn a_stopped_servers_keys_fail_over_in_hash_order_and_come_back() {
             for (i, k) in keys.iter().enumerate() {
                 assert_ne!(during[i], victim, "{k} reached the stopped server");
                 if before[i] != victim {
-                    assert_eq!(during[i], before[i], "{k} moved off a server that stayed up");
+                    assert_eq!(
+                        during[i], before[i],
+                        "{k} moved off a server that stayed up"
+                    );
                 }
             }
             // The next in hash order is the server a config without the stopped one picks.
             let without = hash_config(&all[1..], "query:room", "").start().await;
             let rest: Vec<usize> = map_rooms(&without, &ups, &keys).await;
-            assert_eq!(during, rest, "failover order differs from the config without it");
+            assert_eq!(
+                during, rest,
+                "failover order differs from the config without it"
+            );
             // It listens again: once a health check has seen it, its keys are back.
             wait_metric(&gw, &up_series(addr), 0.0, IO_TIMEOUT).await;
             ups[victim] = RawUpstream::start_at(addr, tagged("a")).await;
@@ -214,7 +220,12 @@ async fn adding_a_server_moves_keys_only_to_it() {
         let three = hash_config(&all[..3], "query:room", "").start().await;
         let before = map_rooms(&three, &ups, &keys).await;
         // The new server is listed first: positions must not matter.
-        let order = [all[3].clone(), all[0].clone(), all[1].clone(), all[2].clone()];
+        let order = [
+            all[3].clone(),
+            all[0].clone(),
+            all[1].clone(),
+            all[2].clone(),
+        ];
         let four = hash_config(&order, "query:room", "").start().await;
         let after = map_rooms(&four, &ups, &keys).await;
         let moved: Vec<usize> = (0..keys.len()).filter(|&i| before[i] != after[i]).collect();
@@ -268,7 +279,10 @@ async fn header_cookie_and_client_ip_keys() {
             let (gw, ups) = (&gw, &ups);
             async move {
                 // Other cookies around it, and the value in the second of two Cookie lines.
-                let lines = [("Cookie", "theme=dark"), ("Cookie", &format!("a=1; room={v}"))];
+                let lines = [
+                    ("Cookie", "theme=dark"),
+                    ("Cookie", &format!("a=1; room={v}")),
+                ];
                 handshake_to(gw, ups, b"", "/ws", &lines).await
             }
         })
@@ -320,7 +334,11 @@ async fn ordinary_requests_follow_the_key_too() {
             // The same server as the key's handshakes, also over a reused connection.
             let tag = plain_to(&gw, &format!("/ws?room={k}")).await;
             assert_eq!(tag, TAGS[room(&gw, &ups, k).await], "{k}");
-            assert_eq!(plain_to(&gw, &format!("/ws?room={k}&again=1")).await, tag, "{k}");
+            assert_eq!(
+                plain_to(&gw, &format!("/ws?room={k}&again=1")).await,
+                tag,
+                "{k}"
+            );
             before.push(tag);
         }
         let used: BTreeSet<&String> = before.iter().collect();
@@ -330,7 +348,10 @@ async fn ordinary_requests_follow_the_key_too() {
             .flat_map(|u| u.conns())
             .filter(|c| c.head().is_some_and(|h| !h.headers.has("upgrade")))
             .count();
-        assert!(plain_conns < 30, "{plain_conns} upstream connections for 60 requests");
+        assert!(
+            plain_conns < 30,
+            "{plain_conns} upstream connections for 60 requests"
+        );
         assert!(!plain_to(&gw, "/ws").await.is_empty(), "a keyless request");
         drop(gw);
         // Server b stops. On a gateway without pooled connections to it, its keys fail over
@@ -343,7 +364,11 @@ async fn ordinary_requests_follow_the_key_too() {
         for (k, tag) in keys.iter().zip(&before) {
             let now = plain_to(&gw, &format!("/ws?room={k}")).await;
             if tag == "b" {
-                assert_eq!(now, TAGS[room(&gw, &ups, k).await], "{k}: as its handshakes");
+                assert_eq!(
+                    now,
+                    TAGS[room(&gw, &ups, k).await],
+                    "{k}: as its handshakes"
+                );
                 assert_ne!(now, "gone", "{k}");
             } else {
                 assert_eq!(&now, tag, "{k} moved off a server that stayed up");
@@ -354,7 +379,11 @@ async fn ordinary_requests_follow_the_key_too() {
         ups[1] = RawUpstream::start_at(addr, tagged("b")).await;
         wait_metric(&gw, &up_series(addr), 1.0, IO_TIMEOUT).await;
         for (k, tag) in keys.iter().zip(&before) {
-            assert_eq!(&plain_to(&gw, &format!("/ws?room={k}")).await, tag, "{k} after b is back");
+            assert_eq!(
+                &plain_to(&gw, &format!("/ws?room={k}")).await,
+                tag,
+                "{k} after b is back"
+            );
         }
     })
     .await;
