@@ -68,6 +68,8 @@ pub(super) fn validate(
     let limits = v.limits(&root.key("limits"), &raw.limits);
     let upstreams = v.upstreams(&root.key("upstreams"), &raw.upstreams);
     let routes = v.routes(&root.key("route"), &raw.route, &raw.upstreams);
+    let auth = super::auth::auths(&root.key("auth"), &raw.auth, base, &mut v.problems);
+    v.auth_refs(&root.key("route"), raw);
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
@@ -79,6 +81,7 @@ pub(super) fn validate(
         limits,
         upstreams,
         routes,
+        auth,
     })
 }
 
@@ -704,6 +707,21 @@ impl Validator<'_> {
             inspect,
             max_lifetime,
             max_lifetime_jitter,
+            auth: raw.auth.clone(),
+        }
+    }
+
+    /// Every route's `auth` must name an `[auth.NAME]` (SPEC §2).
+    fn auth_refs(&mut self, at: &KeyPath, raw: &RawConfig) {
+        for (i, route) in raw.route.iter().enumerate() {
+            if let Some(name) = &route.auth {
+                if !raw.auth.contains_key(name) {
+                    self.bad(
+                        &at.index(i).key("auth"),
+                        format!("undefined auth {name:?}: there is no [auth.{name}]"),
+                    );
+                }
+            }
         }
     }
 

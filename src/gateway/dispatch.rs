@@ -8,11 +8,12 @@
 
 use http::header::CONNECTION;
 use http::request::Parts;
-use http::{HeaderValue, Response};
+use http::{HeaderValue, Response, Uri};
 
 use super::Conn;
 use super::tunnels::TunnelPlan;
 use crate::access::AccessRecord;
+use crate::auth::{self, Allowed, Asking, Check, Taken};
 use crate::error::{Reject, UpstreamFault};
 use crate::handshake::{self, ForwardInfo, Upgrade};
 use crate::io;
@@ -49,10 +50,12 @@ pub(crate) struct Switched {
 
 impl Conn {
     /// Routes and handshakes one request; `protocol` is the extended CONNECT's `:protocol`.
-    /// Fills `rec` as it learns the host, route, subprotocol and upstream.
+    /// Fills `rec` as it learns the host, route, subprotocol and upstream. A route's auth check
+    /// (SPEC §10) takes its token parts out of `parts` and sets its headers on it, so `parts` is
+    /// what is forwarded.
     pub(crate) async fn dispatch(
         &self,
-        parts: &Parts,
+        parts: &mut Parts,
         protocol: Option<&str>,
         rec: &mut AccessRecord,
     ) -> Result<Outcome, Reject> {
@@ -68,10 +71,24 @@ impl Conn {
             .find(&host, &rec.path)
             .ok_or(Reject::NoRoute)?;
         rec.route = Some(route.path.clone());
+        // SPEC §10: token parts leave the request before any §3 check or the subprotocol choice
+        // reads it, and before the path is logged.
+        let auth = route.auth.as_deref().and_then(|n| self.runtime.auth.get(n));
+        let mut taken = Taken::default();
+        if let Some(check) = auth {
+            if let Some(pq) = check.take_tokens(&mut parts.headers, &rec.path, &mut taken) {
+                parts.uri = with_path_and_query(&parts.uri, &pq)?;
+                rec.path = pq;
+            }
+        }
         let kind = handshake::classify(parts, route, carrier, protocol)?;
         let ws = &self.runtime.config.websocket;
         let Some(upgrade) = Upgrade::check(parts, route, ws, carrier, kind, rand::random()) else {
             let upstream = route.http.clone().ok_or(Reject::UpgradeRequired)?;
+            if let Some(check) = auth {
+                self.authorize(check, parts, &host, None, &taken, rec)
+                    .await?;
+            }
             rec.upstream = Some(upstream.clone());
             return Ok(Outcome::Plain { upstream, host });
         };
@@ -95,6 +112,12 @@ impl Conn {
         } else {
             None
         };
+        // SPEC §10: after every §3 check (the stream admission included), before any upstream
+        // is chosen or dialed.
+        if let Some(check) = auth {
+            self.authorize(check, parts, &host, upgrade.subprotocol(), &taken, rec)
+                .await?;
+        }
         let request = upgrade.upstream_request(parts, &fwd);
         let pool = self
             .runtime
@@ -125,6 +148,37 @@ impl Conn {
         }))
     }
 
+    /// Runs the route's auth check, counts and logs its outcome, and on success sets its
+    /// headers on `parts` (the client's of the reserved names removed). The verified claims
+    /// are in the answer, for the upstream choice.
+    async fn authorize(
+        &self,
+        check: &Check,
+        parts: &mut Parts,
+        host: &str,
+        subprotocol: Option<&str>,
+        taken: &Taken,
+        rec: &mut AccessRecord,
+    ) -> Result<Allowed, Reject> {
+        let asking = Asking {
+            headers: &parts.headers,
+            method: &parts.method,
+            carrier: self.carrier,
+            host,
+            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            client: self.client,
+            tls: self.tls,
+            subprotocol,
+        };
+        let outcome = check.run(&asking, taken).await;
+        let word = auth::outcome_word(&outcome);
+        rec.auth = Some(word);
+        self.gateway.metrics.auth(rec.route_label(), word);
+        let allowed = outcome?;
+        allowed.apply(&mut parts.headers);
+        Ok(allowed)
+    }
+
     /// A non-101 upstream answer, made safe to relay: hop-by-hop fields dropped and, where the
     /// carrier can say so, the client connection closed after it.
     fn refused(&self, response: Response<RelayBody>) -> Result<Response<RelayBody>, Reject> {
@@ -145,4 +199,11 @@ impl Conn {
         }
         Ok(Response::from_parts(head, body))
     }
+}
+
+/// `uri` with another path and query (a `query:` token taken out).
+fn with_path_and_query(uri: &Uri, path_and_query: &str) -> Result<Uri, Reject> {
+    let mut p = uri.clone().into_parts();
+    p.path_and_query = Some(path_and_query.parse().map_err(|_| Reject::MalformedHead)?);
+    Uri::from_parts(p).map_err(|_| Reject::MalformedHead)
 }

@@ -19,6 +19,7 @@
 //! pool      Pool, Server, ServerLease: the passive and active verdicts, connect with failover
 //! balance   the pick order (round robin, least connections), ready for a request key
 //! dial      the Connect trait and the Dialer: TCP, PROXY header, TLS
+//! service   the keep-alive client of one of the gateway's own services (forward auth)
 //! ```
 
 mod balance;
@@ -26,6 +27,7 @@ mod dial;
 pub(crate) mod health;
 mod http;
 mod pool;
+mod service;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -43,6 +45,7 @@ use crate::shutdown::Shutdown;
 
 pub(crate) use self::http::HTTP_AUTHORITY;
 pub(crate) use self::pool::{Pool, PoolError, ServerLease};
+pub(crate) use self::service::{ServiceClient, service_client};
 pub(crate) use self::upgrade::{Answer, RelayBody};
 
 /// All upstreams of one configuration.

@@ -34,6 +34,13 @@ pub struct PoolError {
     source: tls::TlsError,
 }
 
+impl PoolError {
+    /// `name` could not be built: its TLS material did not load.
+    pub(crate) fn new(name: String, source: tls::TlsError) -> Self {
+        PoolError { name, source }
+    }
+}
+
 /// One `[upstreams.NAME]`: its servers and how to reach them.
 #[derive(Debug)]
 pub(crate) struct Pool {
