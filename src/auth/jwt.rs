@@ -134,3 +134,161 @@ fn family(alg: Algorithm) -> Option<Family> {
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{EncodingKey, Header};
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::TokenSource;
+
+    struct Keys {
+        ec: Vec<u8>,
+        ed: Vec<u8>,
+        jwks: Vec<jsonwebtoken::jwk::Jwk>,
+    }
+
+    fn keys() -> Keys {
+        let rng = SystemRandom::new();
+        let alg = &ECDSA_P256_SHA256_FIXED_SIGNING;
+        let ec = EcdsaKeyPair::generate_pkcs8(alg, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let point = EcdsaKeyPair::from_pkcs8(alg, &ec, &rng)
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        let ed = Ed25519KeyPair::generate_pkcs8(&rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let ed_pub = Ed25519KeyPair::from_pkcs8(&ed)
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let jwks = [
+            json!({"kty": "EC", "kid": "ec-1", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..])}),
+            json!({"kty": "OKP", "kid": "ed-1", "crv": "Ed25519", "x": b64(&ed_pub)}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+        Keys { ec, ed, jwks }
+    }
+
+    fn check(keys: &Keys, audience: Option<&str>, algorithms: &[Algorithm]) -> Jwt {
+        Jwt::new(&JwtAuth {
+            jwks: "jwks.json".into(),
+            keys: keys.jwks.clone(),
+            issuer: Some("https://id.test".into()),
+            audience: audience.map(str::to_owned),
+            algorithms: algorithms.to_vec(),
+            leeway: Duration::from_secs(60),
+            from: vec![TokenSource::Header(http::header::AUTHORIZATION)],
+            claims_to_headers: vec![],
+        })
+    }
+
+    fn now() -> i64 {
+        i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap()
+    }
+
+    fn claims(extra: Value) -> Value {
+        let mut c =
+            json!({"iss": "https://id.test", "aud": "chat", "sub": "alice", "exp": now() + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    }
+
+    fn sign(keys: &Keys, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+        let key = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_der(&keys.ec),
+            Algorithm::EdDSA => EncodingKey::from_ed_der(&keys.ed),
+            _ => EncodingKey::from_secret(b"secret"),
+        };
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn verification_rows() {
+        let k = keys();
+        let all = [Algorithm::ES256, Algorithm::EdDSA];
+        let t = now();
+        let es = |extra: Value| sign(&k, Algorithm::ES256, Some("ec-1"), &claims(extra));
+        let mut tampered = es(json!({}));
+        let cut = tampered.rfind('.').unwrap() + 1;
+        tampered.replace_range(
+            cut..cut + 4,
+            if &tampered[cut..cut + 4] == "AAAA" {
+                "BBBB"
+            } else {
+                "AAAA"
+            },
+        );
+        let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(claims(json!({})).to_string());
+        // (what, token, audience configured, algorithms, expected)
+        #[rustfmt::skip]
+        let rows: Vec<(&str, String, Option<&str>, &[Algorithm], Result<(), Invalid>)> = vec![
+            ("ES256 by kid", es(json!({})), Some("chat"), &all, Ok(())),
+            ("EdDSA by kid", sign(&k, Algorithm::EdDSA, Some("ed-1"), &claims(json!({}))), Some("chat"), &all, Ok(())),
+            ("no kid: any key of the type", sign(&k, Algorithm::EdDSA, None, &claims(json!({}))), Some("chat"), &all, Ok(())),
+            ("aud array holding it", es(json!({"aud": ["x", "chat"]})), Some("chat"), &all, Ok(())),
+            ("any aud without audience", es(json!({"aud": "other"})), None, &all, Ok(())),
+            ("exp within leeway", es(json!({"exp": t - 30})), Some("chat"), &all, Ok(())),
+            ("nbf within leeway", es(json!({"nbf": t + 30})), Some("chat"), &all, Ok(())),
+            ("expired", es(json!({"exp": t - 120})), Some("chat"), &all, Err(Invalid::Rejected)),
+            ("nbf ahead", es(json!({"nbf": t + 120})), Some("chat"), &all, Err(Invalid::Rejected)),
+            ("no exp", es(json!({"exp": null})), Some("chat"), &all, Err(Invalid::Rejected)),
+            ("wrong iss", es(json!({"iss": "https://evil.test"})), Some("chat"), &all, Err(Invalid::Rejected)),
+            ("wrong aud", es(json!({"aud": "other"})), Some("chat"), &all, Err(Invalid::Rejected)),
+            ("bad signature", tampered.clone(), Some("chat"), &all, Err(Invalid::Rejected)),
+            ("unknown kid", sign(&k, Algorithm::ES256, Some("nope"), &claims(json!({}))), Some("chat"), &all, Err(Invalid::NoKey)),
+            ("kid of another key type", sign(&k, Algorithm::ES256, Some("ed-1"), &claims(json!({}))), Some("chat"), &all, Err(Invalid::NoKey)),
+            ("alg not configured", es(json!({})), Some("chat"), &[Algorithm::EdDSA], Err(Invalid::Algorithm)),
+            ("HS256", sign(&k, Algorithm::HS256, Some("ec-1"), &claims(json!({}))), Some("chat"), &all, Err(Invalid::Algorithm)),
+            ("alg none", format!("{none_header}.{body}."), Some("chat"), &all, Err(Invalid::Malformed)),
+            ("garbage", "a.b.c".into(), Some("chat"), &all, Err(Invalid::Malformed)),
+        ];
+        for (what, token, audience, algorithms, want) in rows {
+            let got = check(&k, audience, algorithms).verify(&token).map(|_| ());
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_claims_come_back() {
+        let k = keys();
+        let token = sign(
+            &k,
+            Algorithm::EdDSA,
+            Some("ed-1"),
+            &claims(json!({"tier": 3})),
+        );
+        let got = check(&k, Some("chat"), &[Algorithm::EdDSA])
+            .verify(&token)
+            .unwrap();
+        assert_eq!(got["sub"], "alice");
+        assert_eq!(got["tier"], 3);
+    }
+}

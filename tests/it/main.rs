@@ -7,6 +7,7 @@
 
 mod support;
 
+mod auth;
 mod churn;
 mod cli;
 mod demo;
