@@ -377,6 +377,49 @@ mod tests {
     }
 
     #[test]
+    fn auth_answers_carry_their_challenge_or_the_relayed_refusal() {
+        let missing = Reject::AuthMissingToken.response(Carrier::H1);
+        assert_eq!(missing.status(), 401);
+        assert_eq!(missing.headers()[WWW_AUTHENTICATE], "Bearer");
+        let invalid = Reject::AuthInvalidToken.response(Carrier::H2);
+        assert_eq!(
+            invalid.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        let relayed = Reject::AuthRefused(Box::new(Refusal {
+            status: StatusCode::FORBIDDEN,
+            www_authenticate: vec![HeaderValue::from_static("Basic realm=\"a\"")],
+            location: None,
+            body: Bytes::from_static(b"<b>no</b>"),
+        }))
+        .response(Carrier::H1);
+        assert_eq!(relayed.status(), 403);
+        assert_eq!(relayed.headers()[WWW_AUTHENTICATE], "Basic realm=\"a\"");
+        assert_eq!(relayed.body().as_ref(), b"<b>no</b>");
+        assert!(
+            relayed.headers()[CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        assert_eq!(relayed.headers()[CONNECTION], "close");
+        let redirect = Reject::AuthRefused(Box::new(Refusal {
+            status: StatusCode::FOUND,
+            www_authenticate: vec![],
+            location: Some(HeaderValue::from_static("https://login.test/")),
+            body: Bytes::new(),
+        }))
+        .response(Carrier::H1);
+        assert_eq!(redirect.headers()[LOCATION], "https://login.test/");
+        assert!(
+            !redirect.body().is_empty(),
+            "an empty relayed body gets the reason text"
+        );
+        assert_eq!(Reject::AuthServiceFailed.status(), 502);
+        assert_eq!(Reject::AuthServiceTimeout.status(), 504);
+    }
+
+    #[test]
     fn plain_request_answer_invites_an_upgrade() {
         let res = Reject::UpgradeRequired.response(Carrier::H1);
         assert_eq!(res.headers()[UPGRADE], "websocket");

@@ -1,10 +1,12 @@
-//! The carrier-neutral request path: route, the §3 checks, subprotocol choice, upstream choice,
-//! the upstream upgrade and its checked 101, returning a typed [`Outcome`]. It never sees a
+//! The carrier-neutral request path: route, the §3 checks, subprotocol choice, the route's auth
+//! check (SPEC §10), upstream choice, the upstream upgrade and its checked 101, returning a typed
+//! [`Outcome`]. It never sees a
 //! carrier's request or response types, only `http` parts and [`Carrier`], so every front
 //! (hyper's HTTP/1.1 and h2 today) runs the same code.
 //!
 //! Invariants (README.md, "How a request flows"): no byte reaches an upstream before the route
-//! and the upstream are chosen; a non-101 upstream answer never becomes a tunnel.
+//! and the upstream are chosen (and the route's auth check passed); a non-101 upstream answer
+//! never becomes a tunnel.
 
 use http::header::CONNECTION;
 use http::request::Parts;
