@@ -24,6 +24,8 @@ pub(crate) struct AccessRecord {
     pub(crate) ws_version: Option<u8>,
     pub(crate) subprotocol: Option<String>,
     pub(crate) upstream: Option<String>,
+    /// The route's auth outcome (SPEC §10: `allowed`, `denied`, `error`); never a credential.
+    pub(crate) auth: Option<&'static str>,
     pub(crate) status: u16,
     /// Time from the request head to the answer.
     pub(crate) handshake: Duration,
@@ -44,6 +46,7 @@ impl AccessRecord {
             ws_version: None,
             subprotocol: None,
             upstream: None,
+            auth: None,
             status: 0,
             handshake: Duration::ZERO,
         }
@@ -119,6 +122,7 @@ impl AccessRecord {
             ws_version = %OrDash(self.ws_version),
             subprotocol = self.subprotocol.as_deref().unwrap_or(NONE),
             upstream = self.upstream.as_deref().unwrap_or(NONE),
+            auth = self.auth.unwrap_or(NONE),
             status = self.status,
             handshake_ms = millis(self.handshake),
             duration_ms = millis(duration),

@@ -4,7 +4,9 @@
 //! (SPEC §3 and §4). The `match` arms have no `_` so that a new variant forces a decision.
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, UPGRADE};
+use http::header::{
+    ALLOW, CONNECTION, CONTENT_TYPE, LOCATION, RETRY_AFTER, UPGRADE, WWW_AUTHENTICATE,
+};
 use http::{HeaderValue, Method, Response, StatusCode, Version};
 
 /// Why a handshake was not tunnelled. Client faults are 4xx, upstream faults 502/504, capacity 503/429.
@@ -78,6 +80,34 @@ pub(crate) enum Reject {
     /// usable answer at all.
     #[error("upstream handshake invalid: {0}")]
     UpstreamBadHandshake(UpstreamFault),
+    /// SPEC §10 jwt: no token in any `from` source (RFC 6750 §3: a bare `Bearer` challenge).
+    #[error("authentication required")]
+    AuthMissingToken,
+    /// SPEC §10 jwt: the token did not verify (RFC 6750 §3.1 `invalid_token`); which check
+    /// failed is logged at debug, never answered.
+    #[error("invalid token")]
+    AuthInvalidToken,
+    /// SPEC §10 forward: the auth service's 401, 403 or 3xx, relayed.
+    #[error("refused by the auth service")]
+    AuthRefused(Box<Refusal>),
+    /// SPEC §10 forward: the auth service is unreachable or answered another status (fail closed).
+    #[error("auth service failed")]
+    AuthServiceFailed,
+    /// SPEC §10 forward: no answer within the check's `timeout`.
+    #[error("auth service timed out")]
+    AuthServiceTimeout,
+}
+
+/// What of a forward-auth refusal reaches the client (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// 401, 403 or a 3xx.
+    pub(crate) status: StatusCode,
+    pub(crate) www_authenticate: Vec<HeaderValue>,
+    /// A 3xx's `Location`.
+    pub(crate) location: Option<HeaderValue>,
+    /// The service's body, cut off at 4 KiB; empty: the gateway's reason text instead.
+    pub(crate) body: Bytes,
 }
 
 /// Why the upstream's answer to our upgrade request cannot become a tunnel: one variant per
@@ -191,7 +221,10 @@ impl Reject {
             Reject::UpstreamUnreachable | Reject::UpstreamBadHandshake(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::UpstreamTimeout | Reject::AuthServiceTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reject::AuthMissingToken | Reject::AuthInvalidToken => StatusCode::UNAUTHORIZED,
+            Reject::AuthRefused(refusal) => refusal.status,
+            Reject::AuthServiceFailed => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -206,6 +239,7 @@ impl Reject {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         let mut connection = "close";
+        let mut relayed_body = None;
         match self {
             Reject::UpgradeRequired => {
                 h.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -246,10 +280,38 @@ impl Reject {
             | Reject::TooManyConnectionsPerIp
             | Reject::UpstreamUnreachable
             | Reject::UpstreamTimeout
-            | Reject::UpstreamBadHandshake(_) => {}
+            | Reject::UpstreamBadHandshake(_)
+            | Reject::AuthServiceFailed
+            | Reject::AuthServiceTimeout => {}
+            // RFC 6750 §3: a request without credentials gets the bare challenge, a bad token
+            // `error="invalid_token"`.
+            Reject::AuthMissingToken => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Reject::AuthInvalidToken => {
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            Reject::AuthRefused(refusal) => {
+                for challenge in &refusal.www_authenticate {
+                    h.append(WWW_AUTHENTICATE, challenge.clone());
+                }
+                if let Some(location) = &refusal.location {
+                    h.insert(LOCATION, location.clone());
+                }
+                if !refusal.body.is_empty() {
+                    // Always labelled text/plain: the service's markup is never rendered as ours.
+                    relayed_body = Some(refusal.body.clone());
+                }
+            }
         }
         if !carrier.extended_connect() {
             h.insert(CONNECTION, HeaderValue::from_static(connection));
+        }
+        if let Some(body) = relayed_body {
+            *res.body_mut() = body;
         }
         res
     }
@@ -312,6 +374,49 @@ mod tests {
         let res = r.response(Carrier::H1);
         assert_eq!(res.status(), 426);
         assert_eq!(res.headers()["sec-websocket-version"], "7, 13, 8");
+    }
+
+    #[test]
+    fn auth_answers_carry_their_challenge_or_the_relayed_refusal() {
+        let missing = Reject::AuthMissingToken.response(Carrier::H1);
+        assert_eq!(missing.status(), 401);
+        assert_eq!(missing.headers()[WWW_AUTHENTICATE], "Bearer");
+        let invalid = Reject::AuthInvalidToken.response(Carrier::H2);
+        assert_eq!(
+            invalid.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        let relayed = Reject::AuthRefused(Box::new(Refusal {
+            status: StatusCode::FORBIDDEN,
+            www_authenticate: vec![HeaderValue::from_static("Basic realm=\"a\"")],
+            location: None,
+            body: Bytes::from_static(b"<b>no</b>"),
+        }))
+        .response(Carrier::H1);
+        assert_eq!(relayed.status(), 403);
+        assert_eq!(relayed.headers()[WWW_AUTHENTICATE], "Basic realm=\"a\"");
+        assert_eq!(relayed.body().as_ref(), b"<b>no</b>");
+        assert!(
+            relayed.headers()[CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        assert_eq!(relayed.headers()[CONNECTION], "close");
+        let redirect = Reject::AuthRefused(Box::new(Refusal {
+            status: StatusCode::FOUND,
+            www_authenticate: vec![],
+            location: Some(HeaderValue::from_static("https://login.test/")),
+            body: Bytes::new(),
+        }))
+        .response(Carrier::H1);
+        assert_eq!(redirect.headers()[LOCATION], "https://login.test/");
+        assert!(
+            !redirect.body().is_empty(),
+            "an empty relayed body gets the reason text"
+        );
+        assert_eq!(Reject::AuthServiceFailed.status(), 502);
+        assert_eq!(Reject::AuthServiceTimeout.status(), 504);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!                 dispatch:  the carrier-neutral step (route, §3 checks, subprotocol,
 //!                            upstream choice, upstream upgrade, checked 101) -> typed outcome
 //!                 tunnels:   the task that runs and logs a switched handshake's tunnel
+//!   -> auth       the route's `[auth.NAME]` check before any upstream is chosen (SPEC §10):
+//!                 token sources and claim mapping (PURE), JWT verification, forward auth
 //!   -> handshake  PURE: Upgrade/Connection tokens, version (RFC 6455 §4.4), key, origin,
 //!                 subprotocol choice, the upstream request, checking the upstream's 101
 //!   -> route      PURE: host/path -> route
@@ -32,6 +34,7 @@
 
 mod access;
 mod admin;
+mod auth;
 pub mod bench;
 pub mod certs;
 pub mod config;

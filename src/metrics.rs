@@ -27,6 +27,13 @@ struct HandshakeLabels {
     status: u16,
 }
 
+/// `switchyard_auth_total`: `result` is `allowed`, `denied` or `error` (SPEC §10).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    route: String,
+    result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TunnelLabels {
     route: String,
@@ -106,6 +113,7 @@ pub(crate) struct Metrics {
     server_connect_failures: Family<ServerLabels, Counter>,
     ws_messages: Family<WsMessageLabels, Counter>,
     ws_close: Family<WsCloseLabels, Counter>,
+    auth: Family<AuthLabels, Counter>,
 }
 
 /// Label value for a request that matched no route.
@@ -176,8 +184,15 @@ impl Default for Metrics {
             "Inspected tunnels by route and their first close frame's code and sender (none: no close frame)",
             ws_close.clone(),
         );
+        let auth = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "switchyard_auth",
+            "Auth checks of routes with `auth` by route and result (allowed, denied, error)",
+            auth.clone(),
+        );
         Metrics {
             registry,
+            auth,
             ws_messages,
             ws_close,
             handshakes,
@@ -199,6 +214,16 @@ impl Metrics {
             .get_or_create(&HandshakeLabels {
                 route: route.to_owned(),
                 status,
+            })
+            .inc();
+    }
+
+    /// One auth check's outcome on `route` (SPEC §10).
+    pub(crate) fn auth(&self, route: &str, result: &'static str) {
+        self.auth
+            .get_or_create(&AuthLabels {
+                route: route.to_owned(),
+                result,
             })
             .inc();
     }

@@ -188,6 +188,7 @@ mod tests {
             inspect: None,
             max_lifetime: None,
             max_lifetime_jitter: std::time::Duration::ZERO,
+            auth: None,
         }
     }
 

@@ -96,3 +96,28 @@ pub(crate) const MAX_LIFETIME: Option<Duration> = None;
 
 /// `route.max_lifetime_jitter`: "0s", every tunnel gets the full `max_lifetime`.
 pub(crate) const MAX_LIFETIME_JITTER: Duration = Duration::ZERO;
+
+/// `forward.timeout` of an `[auth.NAME]`: 2s; an auth service is a local, fast lookup, and a
+/// handshake waits on it.
+pub(crate) const FORWARD_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `forward.forward_headers`: the two headers that carry browser credentials.
+pub(crate) const FORWARD_AUTH_HEADERS: &[&str] = &["cookie", "authorization"];
+
+/// `jwt.algorithms`: the asymmetric algorithms common identity providers sign with.
+pub(crate) const JWT_ALGORITHMS: &[jsonwebtoken::Algorithm] = &[
+    jsonwebtoken::Algorithm::RS256,
+    jsonwebtoken::Algorithm::ES256,
+    jsonwebtoken::Algorithm::EdDSA,
+];
+
+/// `jwt.leeway`: 60s of clock skew allowed on `exp` and `nbf`.
+pub(crate) const JWT_LEEWAY: Duration = Duration::from_secs(60);
+
+/// `jwt.from`: the Authorization header, then `?access_token=` (RFC 6750 §2.3), then a
+/// `bearer.` subprotocol element (what browsers can send on a WebSocket).
+pub(crate) const JWT_FROM: &[&str] = &[
+    "header:authorization",
+    "query:access_token",
+    "subprotocol:bearer.",
+];

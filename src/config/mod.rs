@@ -10,6 +10,7 @@
 //! only part of `tls` this module may use: the rest of `tls` depends on these types) so that
 //! `check` catches them.
 
+mod auth;
 mod defaults;
 mod duration;
 mod locate;

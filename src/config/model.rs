@@ -27,6 +27,8 @@ pub struct Config {
     pub(crate) upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routes in file order.
     pub(crate) routes: Vec<RouteConfig>,
+    /// `[auth.NAME]` checks by name; every name a route mentions is a key here (SPEC §10).
+    pub(crate) auth: BTreeMap<String, AuthConfig>,
 }
 
 /// One `[[listener]]`.
@@ -225,6 +227,8 @@ pub(crate) struct RouteConfig {
     /// Each tunnel's cap is shortened by a uniformly random amount up to this. Always shorter
     /// than `max_lifetime`, and zero without it. Default [`defaults::MAX_LIFETIME_JITTER`].
     pub(crate) max_lifetime_jitter: Duration,
+    /// The `[auth.NAME]` every request of this route must pass (SPEC §10).
+    pub(crate) auth: Option<String>,
 }
 
 /// The inspect-only keys of a route with `inspect = true` (SPEC §9).
@@ -275,4 +279,60 @@ pub(crate) struct UpgradeRoute {
 pub(crate) struct SubprotocolRoute {
     pub(crate) name: String,
     pub(crate) upstream: String,
+}
+
+/// One `[auth.NAME]` (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AuthConfig {
+    Forward(ForwardAuth),
+    Jwt(JwtAuth),
+}
+
+/// `forward = { ... }`: ask an HTTP service about each request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ForwardAuth {
+    /// The service's `http://` or `https://` URL, as written.
+    pub(crate) url: http::Uri,
+    /// Host and port of `url` (80 or 443 when absent).
+    pub(crate) server: ServerAddr,
+    /// `https://`: TLS verified against the compiled-in Mozilla roots, as for `tls` upstreams.
+    pub(crate) tls: bool,
+    /// Default [`defaults::FORWARD_AUTH_TIMEOUT`].
+    pub(crate) timeout: Duration,
+    /// Client headers sent to the service (those present). Default
+    /// [`defaults::FORWARD_AUTH_HEADERS`].
+    pub(crate) forward_headers: Vec<http::HeaderName>,
+    /// Headers of a 2xx answer set on the upstream request; a client's own are always removed.
+    pub(crate) copy_headers: Vec<http::HeaderName>,
+}
+
+/// `jwt = { ... }`: verify a JWT locally against a JWKS file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JwtAuth {
+    /// The JWKS file, resolved against the config file's directory.
+    pub(crate) jwks: PathBuf,
+    /// Its usable public keys, read when the configuration was loaded (so SIGHUP re-reads them).
+    pub(crate) keys: Vec<jsonwebtoken::jwk::Jwk>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) audience: Option<String>,
+    /// Never `none` or an HMAC algorithm. Default [`defaults::JWT_ALGORITHMS`].
+    pub(crate) algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Default [`defaults::JWT_LEEWAY`].
+    pub(crate) leeway: Duration,
+    /// Where the token is looked for, first present wins. Default [`defaults::JWT_FROM`].
+    pub(crate) from: Vec<TokenSource>,
+    /// `(claim, header)` pairs, in file order.
+    pub(crate) claims_to_headers: Vec<(String, http::HeaderName)>,
+}
+
+/// One element of a JWT auth's `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TokenSource {
+    /// `header:NAME`; for `authorization` only with the `Bearer` scheme.
+    Header(http::HeaderName),
+    /// `query:NAME`: a query parameter, removed before forwarding.
+    Query(String),
+    /// `subprotocol:PREFIX`: an offered subprotocol element starting with PREFIX, removed from
+    /// the offer before selection.
+    Subprotocol(String),
 }

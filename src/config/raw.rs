@@ -25,6 +25,9 @@ pub(super) struct RawConfig {
     pub(crate) upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub(crate) route: Vec<RawRoute>,
+    /// `[auth.NAME]` (SPEC §10).
+    #[serde(default)]
+    pub(crate) auth: BTreeMap<String, RawAuth>,
 }
 
 /// `[[listener]]`.
@@ -137,6 +140,8 @@ pub(super) struct RawRoute {
     pub(crate) close_code: Option<i64>,
     pub(crate) max_lifetime: Option<RawDuration>,
     pub(crate) max_lifetime_jitter: Option<RawDuration>,
+    /// SPEC §10: the `[auth.NAME]` check run before any upstream is dialed.
+    pub(crate) auth: Option<String>,
 }
 
 /// One entry of `upgrades = [...]`.
@@ -153,6 +158,38 @@ pub(super) struct RawUpgrade {
 pub(super) struct RawSubprotocol {
     pub(crate) name: String,
     pub(crate) upstream: String,
+}
+
+/// `[auth.NAME]`: exactly one of `forward` and `jwt` (checked in `validate`, so that both and
+/// neither get a message naming the table).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub(crate) forward: Option<RawForwardAuth>,
+    pub(crate) jwt: Option<RawJwtAuth>,
+}
+
+/// `forward = { url, timeout, forward_headers, copy_headers }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawForwardAuth {
+    pub(crate) url: String,
+    pub(crate) timeout: Option<RawDuration>,
+    pub(crate) forward_headers: Option<Vec<String>>,
+    pub(crate) copy_headers: Option<Vec<String>>,
+}
+
+/// `jwt = { jwks, issuer, audience, algorithms, leeway, from, claims_to_headers }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJwtAuth {
+    pub(crate) jwks: String,
+    pub(crate) issuer: Option<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) algorithms: Option<Vec<String>>,
+    pub(crate) leeway: Option<RawDuration>,
+    pub(crate) from: Option<Vec<String>>,
+    pub(crate) claims_to_headers: Option<BTreeMap<String, String>>,
 }
 
 /// A duration exactly as written. Only a string is accepted, so that a bare number (`10`) fails

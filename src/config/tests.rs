@@ -474,7 +474,6 @@ fn hash_balance_takes_every_hash_key_form() {
         ("header:X-Room", header),
         ("cookie:room", HashKey::Cookie("room".into())),
         ("query:room", HashKey::Query("room".into())),
-        ("claim:sub", HashKey::Claim("sub".into())),
         ("client_ip", HashKey::ClientIp),
     ];
     for (text, want) in rows {
@@ -1371,5 +1370,232 @@ fn inspect_and_lifetime_keys_load() {
     for code in [1000, 1003, 1007, 1012, 1016, 2999, 3000, 4999] {
         let r = one(&format!("inspect = true\nclose_code = {code}"));
         assert_eq!(r.inspect.map(|i| i.close_code), Some(code), "{code}");
+    }
+}
+
+/// SPEC §10's `[auth.NAME]` tables as SPEC §2 shows them, with every key set.
+const AUTH_GOOD: &str = r#"[[listener]]
+bind = "127.0.0.1:8080"
+
+[upstreams.chat]
+servers = ["127.0.0.1:9001"]
+
+[[route]]
+path = "/sso"
+fallback = "chat"
+auth = "sso"
+
+[[route]]
+path = "/api"
+fallback = "chat"
+auth = "api"
+
+[auth.sso]
+forward = { url = "https://auth.example.com/check?app=chat", timeout = "1500ms", forward_headers = ["Cookie", "x-api-key"], copy_headers = ["X-User"] }
+
+[auth.api]
+jwt = { jwks = "keys/jwks.json", issuer = "https://id.example.com", audience = "chat", algorithms = ["ES256", "EdDSA"], leeway = "5s", from = ["header:x-token", "subprotocol:jwt."], claims_to_headers = { sub = "x-user", tier = "X-Tier" } }
+"#;
+
+/// An Ed25519 public JWK (RFC 8037 §2) and an HMAC key that must never be used.
+const AUTH_JWKS: &str = r#"{"keys": [
+  {"kty": "oct", "kid": "h1", "k": "c2VjcmV0"},
+  {"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+]}"#;
+
+#[test]
+fn auth_tables_load_with_every_key() {
+    use jsonwebtoken::Algorithm;
+    let dir = TestDir::new();
+    dir.write("keys/jwks.json", AUTH_JWKS);
+    let config = load_ok(&dir.write("auth.toml", AUTH_GOOD));
+    assert_eq!(config.routes[0].auth.as_deref(), Some("sso"));
+    let AuthConfig::Forward(f) = &config.auth["sso"] else {
+        panic!("sso is not forward auth");
+    };
+    assert!(f.tls);
+    assert_eq!(
+        f.server,
+        ServerAddr {
+            host: "auth.example.com".into(),
+            port: 443
+        }
+    );
+    assert_eq!(f.url.path_and_query().unwrap().as_str(), "/check?app=chat");
+    assert_eq!(f.timeout, Duration::from_millis(1500));
+    assert_eq!(f.forward_headers, ["cookie", "x-api-key"]);
+    assert_eq!(f.copy_headers, ["x-user"]);
+    let AuthConfig::Jwt(j) = &config.auth["api"] else {
+        panic!("api is not jwt auth");
+    };
+    assert_eq!(j.keys.len(), 1, "the oct key is skipped");
+    assert_eq!(j.keys[0].common.key_id.as_deref(), Some("ed-1"));
+    assert_eq!(j.algorithms, [Algorithm::ES256, Algorithm::EdDSA]);
+    assert_eq!(j.leeway, Duration::from_secs(5));
+    assert_eq!(
+        j.from,
+        [
+            TokenSource::Header(http::HeaderName::from_static("x-token")),
+            TokenSource::Subprotocol("jwt.".into())
+        ]
+    );
+    let claims: Vec<_> = j
+        .claims_to_headers
+        .iter()
+        .map(|(c, h)| (c.as_str(), h.as_str()))
+        .collect();
+    assert_eq!(claims, [("sub", "x-user"), ("tier", "x-tier")]);
+}
+
+#[test]
+fn auth_defaults_are_spec_defaults() {
+    use jsonwebtoken::Algorithm;
+    let dir = TestDir::new();
+    dir.write("jwks.json", AUTH_JWKS);
+    let text = "[[listener]]\nbind = \"127.0.0.1:8080\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n\
+        [[route]]\nfallback = \"u\"\nauth = \"f\"\n\
+        [auth.f]\nforward = { url = \"http://127.0.0.1:4180\" }\n\
+        [auth.j]\njwt = { jwks = \"jwks.json\" }\n";
+    let config = load_ok(&dir.write("defaults.toml", text));
+    let AuthConfig::Forward(f) = &config.auth["f"] else {
+        panic!("f is not forward auth");
+    };
+    assert_eq!((f.server.port, f.tls), (4180, false));
+    assert_eq!(f.timeout, Duration::from_secs(2));
+    assert_eq!(f.forward_headers, ["cookie", "authorization"]);
+    assert!(f.copy_headers.is_empty());
+    let AuthConfig::Jwt(j) = &config.auth["j"] else {
+        panic!("j is not jwt auth");
+    };
+    assert_eq!(
+        j.algorithms,
+        [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]
+    );
+    assert_eq!(j.leeway, Duration::from_secs(60));
+    assert_eq!((j.issuer.as_deref(), j.audience.as_deref()), (None, None));
+    assert_eq!(
+        j.from,
+        [
+            TokenSource::Header(http::header::AUTHORIZATION),
+            TokenSource::Query("access_token".into()),
+            TokenSource::Subprotocol("bearer.".into())
+        ]
+    );
+}
+
+#[test]
+fn every_auth_rejection_names_key_line_and_problem() {
+    // (name, replace this in AUTH_GOOD, by this, key named, line of the key, the message says)
+    #[rustfmt::skip]
+    let rows: &[(&str, &str, &str, &str, usize, &str)] = &[
+        ("undefined auth", "auth = \"api\"", "auth = \"ghost\"", "route[1].auth", 15, "undefined auth \"ghost\""),
+        ("both forward and jwt", "[auth.api]\njwt", "[auth.api]\nforward = { url = \"http://a\" }\njwt", "auth.api", 20, "both forward and jwt"),
+        ("neither", "[auth.api]\njwt = {", "[auth.api]\n[auth.unused]\njwt = {", "auth.api", 20, "neither forward nor jwt"),
+        ("jwks missing", "keys/jwks.json", "keys/none.json", "auth.api.jwt.jwks", 21, "cannot read JWKS file"),
+        ("url not http", "https://auth.example.com/check", "ftp://auth.example.com/check", "auth.sso.forward.url", 18, "not http or https"),
+        ("url without host", "https://auth.example.com/check?app=chat", "/check", "auth.sso.forward.url", 18, "\"/check\""),
+        ("url with credentials", "https://auth.example.com", "https://u:p@auth.example.com", "auth.sso.forward.url", 18, "credentials"),
+        ("bad timeout", "timeout = \"1500ms\"", "timeout = \"2\"", "auth.sso.forward.timeout", 18, "no unit"),
+        ("zero timeout", "timeout = \"1500ms\"", "timeout = \"0s\"", "auth.sso.forward.timeout", 18, "greater than 0s"),
+        ("bad header name", "copy_headers = [\"X-User\"]", "copy_headers = [\"X User\"]", "auth.sso.forward.copy_headers[0]", 18, "not a valid header name"),
+        ("alg none", "algorithms = [\"ES256\", \"EdDSA\"]", "algorithms = [\"ES256\", \"none\"]", "auth.api.jwt.algorithms[1]", 21, "never accepted"),
+        ("alg HS256", "algorithms = [\"ES256\", \"EdDSA\"]", "algorithms = [\"HS256\"]", "auth.api.jwt.algorithms[0]", 21, "never accepted"),
+        ("no algorithms", "algorithms = [\"ES256\", \"EdDSA\"]", "algorithms = []", "auth.api.jwt.algorithms", 21, "empty algorithms"),
+        ("bad leeway", "leeway = \"5s\"", "leeway = \"soon\"", "auth.api.jwt.leeway", 21, "\"soon\""),
+        ("bad source", "\"header:x-token\"", "\"cookie:sid\"", "auth.api.jwt.from[0]", 21, "unknown token source"),
+        ("empty from", "from = [\"header:x-token\", \"subprotocol:jwt.\"]", "from = []", "auth.api.jwt.from", 21, "empty from"),
+        ("bad claim header", "tier = \"X-Tier\"", "tier = \"X:Tier\"", "auth.api.jwt.claims_to_headers.tier", 21, "not a valid header name"),
+        ("claim key behind forward auth", "auth = \"sso\"", "auth = \"sso\"", "route[0]", 0, "\"claim:sub\" needs a verified JWT, but its auth \"sso\" is not jwt"),
+        ("claim key without auth", "auth = \"sso\"\n", "", "route[0]", 0, "but it has no auth"),
+    ];
+    let dir = TestDir::new();
+    dir.write("keys/jwks.json", AUTH_JWKS);
+    for (name, from, to, key, line, says) in rows {
+        assert!(AUTH_GOOD.contains(from), "{name}: `from` not in AUTH_GOOD");
+        let mut text = AUTH_GOOD.replacen(from, to, 1);
+        if *line == 0 {
+            // The `claim:` rows: the pool hashes by a claim; the line is route[0]'s header.
+            text = text.replacen(CHAT_SERVERS, CLAIM_POOL, 1);
+        }
+        let path = dir.write("bad.toml", &text);
+        let line = if *line == 0 {
+            1 + text.lines().position(|l| l == "[[route]]").unwrap()
+        } else {
+            *line
+        };
+        let errors = load(&path)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: accepted"));
+        let shown = errors.to_string();
+        assert_eq!(
+            errors.errors.len(),
+            1,
+            "{name}: expected one error:\n{shown}"
+        );
+        let prefix = format!("{}:{line}: {key}: ", path.display());
+        assert!(
+            shown.starts_with(&prefix),
+            "{name}: expected {prefix:?}, got:\n{shown}"
+        );
+        assert!(
+            shown.contains(says),
+            "{name}: expected {says:?} in:\n{shown}"
+        );
+    }
+}
+
+const CHAT_SERVERS: &str = "servers = [\"127.0.0.1:9001\"]";
+const CLAIM_POOL: &str =
+    "servers = [\"127.0.0.1:9001\"]\nbalance = \"hash\"\nhash_key = \"claim:sub\"";
+
+#[test]
+fn claim_hash_keys_load_behind_jwt_routes() {
+    let dir = TestDir::new();
+    dir.write("keys/jwks.json", AUTH_JWKS);
+    let text = (AUTH_GOOD.replacen(CHAT_SERVERS, CLAIM_POOL, 1)).replacen(
+        "auth = \"sso\"",
+        "auth = \"api\"",
+        1,
+    );
+    let config = load_ok(&dir.write("claims.toml", &text));
+    assert_eq!(
+        config.upstreams["chat"].balance,
+        Balance::Hash(HashKey::Claim("sub".into()))
+    );
+}
+
+#[test]
+fn jwks_files_without_a_usable_key_are_rejected() {
+    let dir = TestDir::new();
+    let rows = [
+        ("not json", "this is not {json", "is not JSON"),
+        ("no keys member", "{\"k\": []}", "not a JWK set"),
+        ("empty", "{\"keys\": []}", "no usable key"),
+        (
+            "only hmac",
+            "{\"keys\": [{\"kty\": \"oct\", \"k\": \"c2VjcmV0\"}]}",
+            "no usable key",
+        ),
+        (
+            "only an encryption key",
+            "{\"keys\": [{\"kty\": \"OKP\", \"crv\": \"Ed25519\", \"use\": \"enc\", \"x\": \"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"}]}",
+            "no usable key",
+        ),
+    ];
+    for (name, jwks, says) in rows {
+        dir.write("keys/jwks.json", jwks);
+        let path = dir.write("jwks.toml", AUTH_GOOD);
+        let shown = load(&path)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: accepted"))
+            .to_string();
+        assert!(
+            shown.contains("auth.api.jwt.jwks: ") && shown.contains(says),
+            "{name}: {shown}"
+        );
+        assert!(
+            shown.contains("jwks.json"),
+            "{name}: the file is named: {shown}"
+        );
     }
 }

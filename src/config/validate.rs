@@ -17,9 +17,9 @@ use super::defaults;
 use super::duration;
 use super::locate::KeyPath;
 use super::model::{
-    AdminConfig, Balance, Config, HealthCheck, HostPattern, InspectRoute, Limits, ListenerConfig,
-    ProxyVersion, RouteConfig, Select, ServerAddr, SniCert, SubprotocolRoute, TlsConfig,
-    UpgradeRoute, UpstreamConfig, UpstreamTls, WebSocketConfig,
+    AdminConfig, AuthConfig, Balance, Config, HashKey, HealthCheck, HostPattern, InspectRoute,
+    Limits, ListenerConfig, ProxyVersion, RouteConfig, Select, ServerAddr, SniCert,
+    SubprotocolRoute, TlsConfig, UpgradeRoute, UpstreamConfig, UpstreamTls, WebSocketConfig,
 };
 use super::raw::{
     RawConfig, RawDuration, RawLimits, RawListener, RawListenerTls, RawRoute, RawUpstream,
@@ -71,6 +71,9 @@ pub(super) fn validate(
     let limits = v.limits(&root.key("limits"), &raw.limits);
     let upstreams = v.upstreams(&root.key("upstreams"), &raw.upstreams);
     let routes = v.routes(&root.key("route"), &raw.route, &raw.upstreams);
+    let auth = super::auth::auths(&root.key("auth"), &raw.auth, base, &mut v.problems);
+    v.auth_refs(&root.key("route"), raw);
+    v.claim_keys(&root.key("route"), &routes, &upstreams, &auth);
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
@@ -82,6 +85,7 @@ pub(super) fn validate(
         limits,
         upstreams,
         routes,
+        auth,
     })
 }
 
@@ -733,6 +737,66 @@ impl Validator<'_> {
             inspect,
             max_lifetime,
             max_lifetime_jitter,
+            auth: raw.auth.clone(),
+        }
+    }
+
+    /// Every route's `auth` must name an `[auth.NAME]` (SPEC §2).
+    fn auth_refs(&mut self, at: &KeyPath, raw: &RawConfig) {
+        for (i, route) in raw.route.iter().enumerate() {
+            if let Some(name) = &route.auth {
+                if !raw.auth.contains_key(name) {
+                    self.bad(
+                        &at.index(i).key("auth"),
+                        format!("undefined auth {name:?}: there is no [auth.{name}]"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A `claim:` hash key reads the route's verified JWT, so every route that can send a request
+    /// to such an upstream must have `jwt` auth (SPEC §2): elsewhere the key would never be there
+    /// and the pool would silently balance round-robin.
+    fn claim_keys(
+        &mut self,
+        at: &KeyPath,
+        routes: &[RouteConfig],
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+        auth: &BTreeMap<String, AuthConfig>,
+    ) {
+        for (i, route) in routes.iter().enumerate() {
+            let jwt = route
+                .auth
+                .as_ref()
+                .is_some_and(|name| matches!(auth.get(name), Some(AuthConfig::Jwt(_))));
+            if jwt {
+                continue;
+            }
+            let used = (route.subprotocols.iter().map(|s| &s.upstream))
+                .chain(route.upgrades.iter().map(|u| &u.upstream))
+                .chain(&route.fallback)
+                .chain(&route.http);
+            for name in used {
+                let Some(Balance::Hash(HashKey::Claim(claim))) =
+                    upstreams.get(name).map(|u| &u.balance)
+                else {
+                    continue;
+                };
+                let why = match &route.auth {
+                    Some(a) => format!("its auth {a:?} is not jwt"),
+                    None => "it has no auth".to_owned(),
+                };
+                self.bad(
+                    &at.index(i),
+                    format!(
+                        "route {:?} uses upstream {name:?}, whose hash_key \"claim:{claim}\" needs a \
+                         verified JWT, but {why}: give the route jwt auth or the upstream another hash_key",
+                        route.path
+                    ),
+                );
+                break;
+            }
         }
     }
 

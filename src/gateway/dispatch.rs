@@ -1,18 +1,21 @@
-//! The carrier-neutral request path: route, the §3 checks, subprotocol choice, upstream choice,
-//! the upstream upgrade and its checked 101, returning a typed [`Outcome`]. It never sees a
+//! The carrier-neutral request path: route, the §3 checks, subprotocol choice, the route's auth
+//! check (SPEC §10), upstream choice, the upstream upgrade and its checked 101, returning a typed
+//! [`Outcome`]. It never sees a
 //! carrier's request or response types, only `http` parts and [`Carrier`], so every front
 //! (hyper's HTTP/1.1 and h2 today) runs the same code.
 //!
 //! Invariants (README.md, "How a request flows"): no byte reaches an upstream before the route
-//! and the upstream are chosen; a non-101 upstream answer never becomes a tunnel.
+//! and the upstream are chosen (and the route's auth check passed); a non-101 upstream answer
+//! never becomes a tunnel.
 
 use http::header::CONNECTION;
 use http::request::Parts;
-use http::{HeaderValue, Response};
+use http::{HeaderValue, Response, Uri};
 
 use super::Conn;
 use super::tunnels::TunnelPlan;
 use crate::access::AccessRecord;
+use crate::auth::{self, Allowed, Asking, Check, Taken};
 use crate::error::{Reject, UpstreamFault};
 use crate::handshake::{self, ForwardInfo, Upgrade};
 use crate::io;
@@ -53,10 +56,12 @@ pub(crate) struct Switched {
 
 impl Conn {
     /// Routes and handshakes one request; `protocol` is the extended CONNECT's `:protocol`.
-    /// Fills `rec` as it learns the host, route, subprotocol and upstream.
+    /// Fills `rec` as it learns the host, route, subprotocol and upstream. A route's auth check
+    /// (SPEC §10) takes its token parts out of `parts` and sets its headers on it, so `parts` is
+    /// what is forwarded.
     pub(crate) async fn dispatch(
         &self,
-        parts: &Parts,
+        parts: &mut Parts,
         protocol: Option<&str>,
         rec: &mut AccessRecord,
     ) -> Result<Outcome, Reject> {
@@ -72,14 +77,31 @@ impl Conn {
             .find(&host, &rec.path)
             .ok_or(Reject::NoRoute)?;
         rec.route = Some(route.path.clone());
+        // SPEC §10: token parts leave the request before any §3 check or the subprotocol choice
+        // reads it, and before the path is logged.
+        let auth = route.auth.as_deref().and_then(|n| self.runtime.auth.get(n));
+        let mut taken = Taken::default();
+        if let Some(check) = auth {
+            if let Some(pq) = check.take_tokens(&mut parts.headers, &rec.path, &mut taken) {
+                parts.uri = with_path_and_query(&parts.uri, &pq)?;
+                rec.path = pq;
+            }
+        }
         let kind = handshake::classify(parts, route, carrier, protocol)?;
         let ws = &self.runtime.config.websocket;
         let Some(upgrade) = Upgrade::check(parts, route, ws, carrier, kind, rand::random()) else {
             let upstream = route.http.clone().ok_or(Reject::UpgradeRequired)?;
+            let allowed = match auth {
+                Some(check) => Some(
+                    self.authorize(check, parts, &host, None, &taken, rec)
+                        .await?,
+                ),
+                None => None,
+            };
             rec.upstream = Some(upstream.clone());
-            // Claims: `None` until the route's verified JWT claims are wired in (as below).
+            let claims = allowed.as_ref().and_then(Allowed::claims);
             let key = (self.runtime.upstreams.get(&upstream))
-                .and_then(|pool| pool.affinity_key(parts, self.client.ip(), None));
+                .and_then(|pool| pool.affinity_key(parts, self.client.ip(), claims));
             return Ok(Outcome::Plain {
                 upstream,
                 host,
@@ -106,14 +128,24 @@ impl Conn {
         } else {
             None
         };
+        // SPEC §10: after every §3 check (the stream admission included), before any upstream
+        // is chosen or dialed.
+        let allowed = match auth {
+            Some(check) => Some(
+                self.authorize(check, parts, &host, upgrade.subprotocol(), &taken, rec)
+                    .await?,
+            ),
+            None => None,
+        };
         let request = upgrade.upstream_request(parts, &fwd);
         let pool = self
             .runtime
             .upstreams
             .get(upgrade.upstream())
             .ok_or(Reject::UpstreamUnreachable)?;
-        // SPEC §10 "Affinity". Claims: `None` until the route's verified JWT claims are wired in.
-        let key = pool.affinity_key(parts, self.client.ip(), None);
+        // SPEC §10 "Affinity": a `claim:` key reads the route's verified JWT.
+        let claims = allowed.as_ref().and_then(Allowed::claims);
+        let key = pool.affinity_key(parts, self.client.ip(), claims);
         let answer = self
             .runtime
             .upstreams
@@ -138,6 +170,37 @@ impl Conn {
         }))
     }
 
+    /// Runs the route's auth check, counts and logs its outcome, and on success sets its
+    /// headers on `parts` (the client's of the reserved names removed). The verified claims
+    /// are in the answer, for the upstream choice.
+    async fn authorize(
+        &self,
+        check: &Check,
+        parts: &mut Parts,
+        host: &str,
+        subprotocol: Option<&str>,
+        taken: &Taken,
+        rec: &mut AccessRecord,
+    ) -> Result<Allowed, Reject> {
+        let asking = Asking {
+            headers: &parts.headers,
+            method: &parts.method,
+            carrier: self.carrier,
+            host,
+            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            client: self.client,
+            tls: self.tls,
+            subprotocol,
+        };
+        let outcome = check.run(&asking, taken).await;
+        let word = auth::outcome_word(&outcome);
+        rec.auth = Some(word);
+        self.gateway.metrics.auth(rec.route_label(), word);
+        let allowed = outcome?;
+        allowed.apply(&mut parts.headers);
+        Ok(allowed)
+    }
+
     /// A non-101 upstream answer, made safe to relay: hop-by-hop fields dropped and, where the
     /// carrier can say so, the client connection closed after it.
     fn refused(&self, response: Response<RelayBody>) -> Result<Response<RelayBody>, Reject> {
@@ -158,4 +221,11 @@ impl Conn {
         }
         Ok(Response::from_parts(head, body))
     }
+}
+
+/// `uri` with another path and query (a `query:` token taken out).
+fn with_path_and_query(uri: &Uri, path_and_query: &str) -> Result<Uri, Reject> {
+    let mut p = uri.clone().into_parts();
+    p.path_and_query = Some(path_and_query.parse().map_err(|_| Reject::MalformedHead)?);
+    Uri::from_parts(p).map_err(|_| Reject::MalformedHead)
 }

@@ -44,7 +44,10 @@ impl Conn {
             .extensions
             .get::<hyper::ext::Protocol>()
             .map(|p| p.as_str().to_owned());
-        let response = match self.dispatch(&parts, protocol.as_deref(), &mut rec).await {
+        let response = match self
+            .dispatch(&mut parts, protocol.as_deref(), &mut rec)
+            .await
+        {
             Ok(Outcome::Plain {
                 upstream,
                 host,

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use tokio::sync::watch;
 
+use crate::auth::AuthChecks;
 use crate::config::Config;
 use crate::error::Carrier;
 use crate::h2_watch::OpenStreams;
@@ -42,6 +43,8 @@ pub(crate) struct Runtime {
     pub(crate) config: Config,
     pub(crate) routes: RouteTable,
     pub(crate) upstreams: Upstreams,
+    /// The `[auth.NAME]` checks, with this generation's JWKS keys (SPEC §10).
+    pub(crate) auth: AuthChecks,
 }
 
 impl Runtime {
@@ -51,6 +54,7 @@ impl Runtime {
         Ok(Runtime {
             routes: RouteTable::new(&config.routes),
             upstreams: Upstreams::new(&config, metrics)?,
+            auth: AuthChecks::new(&config, config.limits.upstream_connect_timeout)?,
             config,
         })
     }

@@ -33,6 +33,7 @@ fn route(path: &str, subprotocols: &[(&str, &str)]) -> RouteConfig {
         inspect: None,
         max_lifetime: None,
         max_lifetime_jitter: std::time::Duration::ZERO,
+        auth: None,
     }
 }
 

@@ -12,10 +12,8 @@ use http::header::COOKIE;
 use http::request::Parts;
 
 use super::balance::stable_hash;
+use crate::auth::Claims;
 use crate::config::HashKey;
-
-/// A verified JWT's claims, as the auth check hands them on (`claim:NAME` keys).
-pub(crate) type Claims = serde_json::Map<String, serde_json::Value>;
 
 /// The affinity key of one request, or `None` when it has no value for `hash_key`. `client`
 /// is the client's address (the PROXY header's source when there is one); `claims` are the

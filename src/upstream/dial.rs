@@ -54,6 +54,21 @@ impl Dialer {
     }
 }
 
+impl Dialer {
+    /// The dialer of one of the gateway's own services (the forward-auth service of SPEC §10):
+    /// no PROXY header, TLS as for a `tls = true` upstream when `tls` is set.
+    pub(crate) fn for_service(tls: Option<UpstreamTls>) -> Result<Self, tls::TlsError> {
+        let tls = match tls {
+            None => None,
+            Some(t) => Some((tls::upstream_client_config(&t)?, t)),
+        };
+        Ok(Dialer {
+            tls,
+            send_proxy: None,
+        })
+    }
+}
+
 impl Connect for Dialer {
     type Stream = UpstreamStream;
 

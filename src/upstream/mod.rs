@@ -20,6 +20,7 @@
 //! affinity  PURE: a request's key for `balance = "hash"` (header, cookie, query, claim, IP)
 //! balance   the pick order (round robin, least connections, rendezvous hashing of that key)
 //! dial      the Connect trait and the Dialer: TCP, PROXY header, TLS
+//! service   the keep-alive client of one of the gateway's own services (forward auth)
 //! ```
 
 pub(crate) mod affinity;
@@ -28,6 +29,7 @@ mod dial;
 pub(crate) mod health;
 mod http;
 mod pool;
+mod service;
 mod upgrade;
 
 use std::collections::BTreeMap;
@@ -45,6 +47,7 @@ use crate::shutdown::Shutdown;
 
 pub(crate) use self::http::HTTP_AUTHORITY;
 pub(crate) use self::pool::{Pool, PoolError, ServerLease};
+pub(crate) use self::service::{ServiceClient, service_client};
 pub(crate) use self::upgrade::{Answer, RelayBody};
 
 /// All upstreams of one configuration.

@@ -37,6 +37,13 @@ pub struct PoolError {
     source: tls::TlsError,
 }
 
+impl PoolError {
+    /// `name` could not be built: its TLS material did not load.
+    pub(crate) fn new(name: String, source: tls::TlsError) -> Self {
+        PoolError { name, source }
+    }
+}
+
 /// One `[upstreams.NAME]`: its servers and how to reach them.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -163,7 +170,7 @@ impl Pool {
         &self,
         parts: &Parts,
         client: IpAddr,
-        claims: Option<&affinity::Claims>,
+        claims: Option<&crate::auth::Claims>,
     ) -> Option<u64> {
         affinity::key(self.hash_key()?, parts, client, claims)
     }

@@ -8,6 +8,7 @@
 mod support;
 
 mod affinity;
+mod auth;
 mod churn;
 mod cli;
 mod demo;

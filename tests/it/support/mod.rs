@@ -20,7 +20,9 @@
 //! - [`tls`]: dev certificates, rustls client/server configs, `wss` clients
 //! - [`h2_client`]: the RFC 8441 client over the `h2` crate
 //! - [`h2_frames`]: raw h2 frames over TLS, for floods and silence the `h2` crate would not send
+//! - [`auth_service`]: a forward-auth service (SPEC §10) and JWT signing keys with their JWKS
 
+pub mod auth_service;
 pub mod client;
 pub mod config;
 pub mod frame_upstream;
@@ -35,6 +37,7 @@ pub mod stream;
 pub mod tls;
 pub mod ws_upstream;
 
+pub use auth_service::*;
 pub use client::*;
 pub use config::*;
 pub use frame_upstream::*;
