@@ -286,6 +286,80 @@ pub(super) fn report_ready(old_pid: u32) {
 mod tests {
     use super::*;
 
+    /// A stand-in for the new process: `sh -c script`.
+    fn shell(script: &str) -> Program {
+        Program {
+            exe: "/bin/sh".into(),
+            argv0: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+        }
+    }
+
+    /// Whether `pid` runs (exists and is no zombie).
+    fn running(pid: u32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next());
+        !matches!(state, None | Some("Z" | "X"))
+    }
+
+    /// Whether `pid` stops running within 5 s of real time (the tokio clock may be paused).
+    fn dies(pid: u32) -> bool {
+        for _ in 0..500 {
+            if !running(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn one_byte_on_stdin_is_the_ready_report() {
+        let program = shell("printf 1 >&0; exec sleep 600");
+        let mut pending = start(Some(&program), Vec::new()).unwrap();
+        let pid = pending.pid();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), pending.outcome()).await;
+        assert!(matches!(outcome, Ok(Ok(()))), "{outcome:?}");
+        drop(pending);
+        // The successor runs on after its report, also once the `Pending` is gone.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(running(pid), "the ready new process was killed");
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
+
+    #[tokio::test]
+    async fn an_exit_before_the_report_is_a_failure_with_its_status() {
+        let mut pending = start(Some(&shell("exit 2")), Vec::new()).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), pending.outcome()).await;
+        match outcome {
+            Ok(Err(failure @ Failure::Exited(_))) => assert_eq!(failure.status(), "2"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_process_that_never_reports_is_killed_at_the_deadline() {
+        let mut pending = start(Some(&shell("exec sleep 600")), Vec::new()).unwrap();
+        let pid = pending.pid();
+        let before = Instant::now();
+        let outcome = pending.outcome().await;
+        assert!(matches!(outcome, Err(Failure::TimedOut(_))), "{outcome:?}");
+        assert!(before.elapsed() >= READY_TIMEOUT);
+        assert!(dies(pid), "the new process {pid} was not killed");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_hand_over_kills_the_new_process() {
+        let pending = start(Some(&shell("exec sleep 600")), Vec::new()).unwrap();
+        let pid = pending.pid();
+        drop(pending);
+        assert!(dies(pid), "the new process {pid} outlived its `Pending`");
+    }
+
     #[test]
     fn the_failed_event_status_is_the_exit_code_when_there_is_one() {
         use std::os::unix::process::ExitStatusExt;

@@ -212,8 +212,19 @@ impl Load {
 
     /// Waits up to `within` for a handshake whose tunnel carried `tag`.
     async fn wait_tag(&self, tag: &[u8], within: Duration) -> bool {
+        self.wait_tags(tag, 1, within).await
+    }
+
+    /// Waits up to `within` for `n` handshakes whose tunnels carried `tag`.
+    async fn wait_tags(&self, tag: &[u8], n: usize, within: Duration) -> bool {
+        let served = |shots: Vec<Shot>| {
+            shots
+                .iter()
+                .filter(|s| s.result.as_deref() == Ok(tag))
+                .count()
+        };
         let found = async {
-            while !self.shots().iter().any(|s| s.result.as_deref() == Ok(tag)) {
+            while served(self.shots()) < n {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
@@ -365,13 +376,16 @@ async fn under_load() {
         let old = gw.pid();
         let mut tunnel = open_tunnel(&gw, TAGS[0]).await;
         let load = Load::start(gw.addr(), 4);
-        assert!(load.wait_tag(TAGS[0], IO_TIMEOUT).await, "no load before");
+        assert!(
+            load.wait_tags(TAGS[0], 40, IO_TIMEOUT).await,
+            "no load before"
+        );
 
         let next = config(&ups, 1, &[], &limits).build();
         let (new, ready) = hand_over(&gw, old, &next).await;
         assert!(
-            load.wait_tag(TAGS[1], IO_TIMEOUT).await,
-            "no handshake reached the new process"
+            load.wait_tags(TAGS[1], 40, IO_TIMEOUT).await,
+            "too few handshakes reached the new process"
         );
         assert_echoes(&mut tunnel, b"after the hand-over").await;
         assert!(gw.wait_exit(Duration::from_millis(300)).await.is_none());
