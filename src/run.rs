@@ -155,10 +155,7 @@ fn start_hand_over(
 ) -> Option<handover::Pending> {
     let started = listeners
         .sockets()
-        .map_err(|source| handover::Failure::Spawn {
-            exe: "the new process".to_string(),
-            source,
-        })
+        .map_err(handover::Failure::Sockets)
         .and_then(|sockets| handover::start(program, sockets));
     started.inspect_err(|f| hand_over_failed(None, f)).ok()
 }

@@ -83,6 +83,8 @@ impl Program {
 pub(super) enum Failure {
     #[error("the binary's path is unknown")]
     NoProgram,
+    #[error("cannot duplicate the listening sockets: {0}")]
+    Sockets(io::Error),
     #[error("cannot start {exe}: {source}")]
     Spawn { exe: String, source: io::Error },
     #[error("the new process exited without reporting ready ({0})")]
@@ -103,7 +105,9 @@ impl Failure {
             Failure::Exited(status) => status
                 .code()
                 .map_or_else(|| status.to_string(), |code| code.to_string()),
-            Failure::NoProgram | Failure::Spawn { .. } => "not started".to_string(),
+            Failure::NoProgram | Failure::Sockets(_) | Failure::Spawn { .. } => {
+                "not started".to_string()
+            }
             Failure::TimedOut(_) => "timed out".to_string(),
             Failure::Wait(_) => "unknown".to_string(),
             Failure::Abandoned => "abandoned".to_string(),
