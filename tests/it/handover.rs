@@ -465,6 +465,36 @@ async fn open_tunnel_lives_until_drain_timeout() {
     .await;
 }
 
+/// A client the old process accepted before the hand-over, whose request head is still coming
+/// when the new process reports ready, is answered by the old process (its upstream, gen0), not
+/// closed: it connected to a socket that still serves.
+#[tokio::test]
+async fn a_request_half_sent_at_the_hand_over_is_answered() {
+    bounded_for("handover::half_sent", HANDOVER_TIMEOUT, async {
+        let ups = tagged_upstreams().await;
+        let mut gw = config(&ups, 0, &[], &[]).start().await;
+        let old = gw.pid();
+        let req = ClientRequest::ws(&gw.addr().to_string(), "/ws");
+        let bytes = req.to_bytes();
+        let (first, rest) = bytes.split_at(20);
+        let mut c = Client::connect(gw.addr()).await;
+        c.send(first).await.unwrap();
+        // No event tells when the old process has accepted it; this is ample on loopback.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let (_new, _) = hand_over(&gw, old, &config(&ups, 1, &[], &[]).build()).await;
+        c.send(rest).await.unwrap();
+        let head = c.read_head().await;
+        assert_101(&head, &req.key, None);
+        assert_eq!(c.read_exact(4).await, TAGS[0], "served by the old process");
+        assert_echoes(&mut c, b"late but answered").await;
+        drop(c);
+        let status = gw.wait_exit(IO_TIMEOUT).await;
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    })
+    .await;
+}
+
 /// The new config is invalid: the new process exits 2, the old one logs `hand-over failed`
 /// (`new_pid`, `status` 2) and carries on having lost nothing (no handshake failed, its config
 /// serves, `/readyz` 200, only its own `hand-over` event); a later SIGUSR2 with the config fixed
