@@ -28,7 +28,7 @@
 //!
 //! Around it: `config` (raw serde -> validated model; defaults named once), `error` (every
 //! failure and the ONLY failure -> HTTP answer mapping, [`error::Reject::response`]; the
-//! `Carrier`), `run` (bind or take systemd's sockets, SIGHUP reload, drain, sd_notify), `shutdown`, `admin` (/healthz /readyz
+//! `Carrier`), `run` (bind or take systemd's sockets, SIGHUP reload, drain, SIGUSR2 hand-over, sd_notify), `shutdown`, `admin` (/healthz /readyz
 //! /metrics), `metrics`, `proxy_protocol`, `sockopt`, `limits`, `certs` (dev certificates), `demo` and
 //! `bench` (the load generator of BENCHMARKS.md). Only what `main.rs` calls is public.
 

@@ -241,7 +241,7 @@ where
     let shutdown = conn.gateway.shutdown.clone();
     let read = tokio::select! {
         read = head::read_head(&mut io, max_header_bytes, deadline) => read,
-        () = shutdown.draining() => return,
+        () = drain_before_first_request(&shutdown, None) => return,
     };
     let head = match read {
         Ok(head) => head,
@@ -251,7 +251,13 @@ where
         }
     };
     let (gateway, client) = (Arc::clone(&conn.gateway), conn.client);
-    let service = service_fn(move |req| Arc::clone(&conn).handle(req));
+    // Set when hyper hands the first request to the service: from then on a graceful shutdown
+    // answers it before closing; before, hyper would take the connection for idle.
+    let (first_tx, first_rx) = tokio::sync::watch::channel(false);
+    let service = service_fn(move |req| {
+        first_tx.send_replace(true);
+        Arc::clone(&conn).handle(req)
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -268,7 +274,7 @@ where
     // refused head, whose answer the gate writes as hyper closes.
     let refused = tokio::select! {
         result = connection.as_mut() => return log_connection_end(result),
-        () = shutdown.draining() => None,
+        () = drain_before_first_request(&shutdown, Some(first_rx)) => None,
         reject = refusals.refused() => Some(reject),
     };
     if let Some(reject) = refused {
@@ -278,6 +284,26 @@ where
     }
     connection.as_mut().graceful_shutdown();
     log_connection_end(connection.await);
+}
+
+/// Completes when a drain should close a connection that has not had its first request answered:
+/// at once on SIGTERM/SIGINT, but after a SIGUSR2 hand-over only once that request (h2: stream)
+/// is in hyper's hands (`first`; `None`: its head is still being read, bounded by the handshake
+/// deadline). The client of a hand-over connected to a socket that is still served and expects
+/// its answer, which only this process can give (SPEC §11: nothing refused or reset).
+async fn drain_before_first_request(
+    shutdown: &crate::shutdown::Shutdown,
+    first: Option<tokio::sync::watch::Receiver<bool>>,
+) {
+    shutdown.draining().await;
+    if !shutdown.is_handed_over() {
+        return;
+    }
+    match first {
+        // A dropped sender (the service is gone) ends the wait too.
+        Some(mut first) => drop(first.wait_for(|taken| *taken).await),
+        None => std::future::pending().await,
+    }
 }
 
 /// Initial per-stream receive window (RFC 9113 §6.9.2): what one tunnel's client may send ahead
@@ -344,7 +370,11 @@ where
     let keepalive = conn.runtime.config.limits.keepalive_timeout;
     let shutdown = conn.gateway.shutdown.clone();
     let service_streams = streams.clone();
+    // As for HTTP/1.1: a hand-over's drain waits for the first stream before its GOAWAY, since
+    // hyper closes a connection still in its preface at once.
+    let (first_tx, first_rx) = tokio::sync::watch::channel(false);
     let service = service_fn(move |req| {
+        first_tx.send_replace(true);
         // Counted from the stream's HEADERS until its response body has gone out (a tunnel
         // holds its own guard, see `Conn::open_tunnel`).
         let open = service_streams.open();
@@ -365,7 +395,7 @@ where
     tokio::pin!(connection);
     let why = tokio::select! {
         result = connection.as_mut() => return log_connection_end(result),
-        () = shutdown.draining() => {
+        () = drain_before_first_request(&shutdown, Some(first_rx)) => {
             connection.as_mut().graceful_shutdown();
             return log_connection_end(connection.await);
         }

@@ -80,6 +80,12 @@ const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // The new process of a SIGUSR2 hand-over first re-executes itself, same pid, with
+    // `LISTEN_PID` set; a no-op otherwise.
+    if let Err(e) = switchyard::run::set_listen_pid() {
+        eprintln!("switchyard: hand-over: cannot re-execute with LISTEN_PID set: {e}");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("switchyard: --log-level: {e}");

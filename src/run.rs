@@ -1,7 +1,9 @@
 //! `switchyard run`: bind everything (or take systemd's sockets), serve, reload on SIGHUP, drain
-//! on SIGTERM/SIGINT, and tell systemd about each (sd_notify) when it asks.
+//! on SIGTERM/SIGINT, hand over to a new process on SIGUSR2, and tell systemd about each
+//! (sd_notify) when it asks.
 
 mod activation;
+mod handover;
 mod listeners;
 mod notify;
 
@@ -18,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::upstream::{self, health};
 
 pub use activation::{ActivationError, Inherited};
+pub use handover::set_listen_pid;
 use listeners::Listeners;
 use notify::Notifier;
 
@@ -46,7 +49,9 @@ pub enum RunError {
 ///
 /// Signals: SIGHUP reloads (see [`reload`]); the first SIGTERM or SIGINT starts a drain (listeners
 /// closed, `/readyz` 503, open tunnels live on until they end or `drain_timeout`, then exit 0); a
-/// second one during the drain exits at once.
+/// second one during the drain exits at once. SIGUSR2 hands over to a new process (see
+/// `handover`): once it reports ready this one drains the same way, its sockets left to the new
+/// one; if it does not, this one carries on as before.
 pub async fn run(config: Config) -> Result<(), RunError> {
     run_with(config, Inherited::default()).await
 }
@@ -55,9 +60,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 ///
 /// With `NOTIFY_SOCKET` set, systemd hears `READY=1` (and `MAINPID`) once every listener accepts,
 /// `RELOADING=1` then `READY=1` around each SIGHUP (whether or not the reload took), `STOPPING=1`
-/// when the drain begins, and `WATCHDOG=1` every half of `WATCHDOG_USEC`.
+/// when the drain begins, and `WATCHDOG=1` every half of `WATCHDOG_USEC`; after a hand-over the
+/// new process sends `READY=1` with its `MAINPID` and this one nothing more.
 pub async fn run_with(config: Config, inherited: Inherited) -> Result<(), RunError> {
     raise_fd_limit();
+    // Now: once the binary is replaced on disk, the running one's path reads "… (deleted)".
+    let program = handover::Program::current();
     let notifier = std::sync::Arc::new(Notifier::from_env());
     if let Some(interval) = notify::watchdog_from_env() {
         notifier.spawn_watchdog(interval);
@@ -66,18 +74,23 @@ pub async fn run_with(config: Config, inherited: Inherited) -> Result<(), RunErr
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let mut user2 = signal(SignalKind::user_defined2()).map_err(RunError::Signal)?;
 
     let bound = listeners::bind(&config, inherited).await?;
     tokio::spawn(health::warn_unresolved(config.clone(), NAME_CHECK_TIMEOUT));
     let metrics = Metrics::default();
     let gateway = Gateway::new(Runtime::new(config, &metrics)?, metrics);
     let mut listeners = bound.serve(std::sync::Arc::clone(&gateway))?;
+    if let Some(old_pid) = handover::started_by() {
+        handover::report_ready(old_pid);
+    }
     notifier.ready();
 
-    loop {
+    let mut pending: Option<handover::Pending> = None;
+    let handed_over = loop {
         tokio::select! {
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break false,
+            _ = interrupt.recv() => break false,
             _ = hangup.recv() => {
                 notifier.reloading();
                 reload(&source, &gateway, &mut listeners).await;
@@ -85,12 +98,34 @@ pub async fn run_with(config: Config, inherited: Inherited) -> Result<(), RunErr
                 // must not wait for its timeout.
                 notifier.ready();
             }
+            _ = user2.recv() => match &pending {
+                Some(p) => tracing::info!(event = "hand_over_ignored", new_pid = p.pid(), "SIGUSR2 ignored: a new process is already starting"),
+                None => pending = start_hand_over(program.as_ref(), &listeners),
+            },
+            outcome = hand_over_outcome(&mut pending), if pending.is_some() => {
+                let new_pid = pending.take().map(|p| p.pid());
+                match outcome {
+                    Ok(()) => break true,
+                    Err(failure) => hand_over_failed(new_pid, &failure),
+                }
+            }
         }
+    };
+    if let Some(abandoned) = pending.take() {
+        hand_over_failed(Some(abandoned.pid()), &handover::Failure::Abandoned);
     }
     // Re-read at the signal: a reload may have changed it.
     let drain_timeout = gateway.runtime().config.limits.drain_timeout;
-    tracing::info!(event = "draining", timeout = ?drain_timeout, "draining: no new connections; open tunnels may finish");
-    notifier.stopping();
+    if handed_over {
+        // The new process is the unit's main process now (it sent its MAINPID): not a word
+        // more from this one, and no STOPPING=1, since the unit is not stopping.
+        notifier.silence();
+        gateway.shutdown.hand_over();
+        tracing::info!(event = "draining", timeout = ?drain_timeout, "handed over: no new connections here; open tunnels may finish");
+    } else {
+        tracing::info!(event = "draining", timeout = ?drain_timeout, "draining: no new connections; open tunnels may finish");
+        notifier.stopping();
+    }
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => {},
@@ -101,12 +136,49 @@ pub async fn run_with(config: Config, inherited: Inherited) -> Result<(), RunErr
     });
     // `drain` is polled first: it marks the gateway draining (`/readyz` 503) before its first
     // await, so no listener is reported closed while `/readyz` still says ready.
-    tokio::join!(
-        gateway.shutdown.drain(drain_timeout),
-        listeners.close_for_drain()
-    );
+    tokio::join!(gateway.shutdown.drain(drain_timeout), async {
+        if handed_over {
+            listeners.close_for_hand_over().await;
+        } else {
+            listeners.close_for_drain().await;
+        }
+    });
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// SIGUSR2: starts the new process with every listening socket; `None` (logged) when it cannot
+/// be started.
+fn start_hand_over(
+    program: Option<&handover::Program>,
+    listeners: &Listeners,
+) -> Option<handover::Pending> {
+    let started = listeners
+        .sockets()
+        .map_err(handover::Failure::Sockets)
+        .and_then(|sockets| handover::start(program, sockets));
+    started.inspect_err(|f| hand_over_failed(None, f)).ok()
+}
+
+/// The pending hand-over's outcome; only polled while there is one.
+async fn hand_over_outcome(
+    pending: &mut Option<handover::Pending>,
+) -> Result<(), handover::Failure> {
+    match pending {
+        Some(p) => p.outcome().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The old process keeps serving as it did: every listener, `/readyz` 200, its configuration.
+fn hand_over_failed(new_pid: Option<u32>, failure: &handover::Failure) {
+    tracing::warn!(
+        event = "hand_over_failed",
+        new_pid,
+        status = %failure.status(),
+        reason = %failure,
+        "hand-over failed"
+    );
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and logs both (`event = "fd_limit"`). Each

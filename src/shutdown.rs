@@ -1,18 +1,22 @@
 //! Graceful shutdown: stop accepting, let open connections and tunnels finish, and give up at the
 //! drain deadline (SPEC §7). After `hyper::upgrade::on` the HTTP connection future is gone, so
 //! tunnels register here themselves ([`Shutdown::track`]) to be waited for.
+//!
+//! A drain after a SIGUSR2 hand-over (SPEC §11) is the same drain, marked first
+//! ([`Shutdown::hand_over`]) so that inspected tunnels say `"restart"` rather than "going away".
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-/// Shared shutdown state: a "draining" flag, a "deadline passed" flag, and a count of tracked
-/// connections and tunnels.
+/// Shared shutdown state: a "draining" flag, a "deadline passed" flag, whether the drain follows a
+/// hand-over, and a count of tracked connections and tunnels.
 #[derive(Debug, Clone)]
 pub(crate) struct Shutdown {
     draining: watch::Sender<bool>,
+    handed_over: Arc<AtomicBool>,
     expired: watch::Sender<bool>,
     live: Arc<Live>,
 }
@@ -41,6 +45,7 @@ impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
             draining: watch::channel(false).0,
+            handed_over: Arc::default(),
             expired: watch::channel(false).0,
             live: Arc::default(),
         }
@@ -59,6 +64,17 @@ impl Shutdown {
     /// Whether a drain has begun (`/readyz` answers 503).
     pub(crate) fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+
+    /// Marks the coming drain as the old process's after a hand-over: call before [`drain`](Self::drain),
+    /// so that whoever wakes from [`draining`](Self::draining) already sees it.
+    pub(crate) fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::Release);
+    }
+
+    /// Whether the drain (begun or coming) follows a hand-over to a new process.
+    pub(crate) fn is_handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Acquire)
     }
 
     /// Completes when a drain begins: listeners stop accepting.
@@ -111,6 +127,22 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hand_over_drain_is_marked_before_it_begins() {
+        let s = Shutdown::default();
+        assert!(!s.is_handed_over());
+        let s2 = s.clone();
+        let woken = tokio::spawn(async move {
+            s2.draining().await;
+            s2.is_handed_over()
+        });
+        s.hand_over();
+        tokio::time::timeout(Duration::from_secs(5), s.drain(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert!(woken.await.unwrap());
     }
 
     #[tokio::test]

@@ -88,20 +88,23 @@ fn lifetime_cap(
 }
 
 /// Completes when the gateway wants an inspected tunnel ended politely (SPEC §9): when a
-/// SIGTERM/SIGINT drain begins ([`PoliteEnd::Drain`]), or when a reload makes a configuration
-/// current in which `routed` no longer holds ([`PoliteEnd::Reload`], see
-/// [`route::still_routed`]). `changes` must have been subscribed before the tunnel was routed
-/// or marked changed, so that no reload in between is missed.
-///
-/// Hook for the SIGUSR2 hand-over (SPEC §11, issue 15): it adds a third `select!` branch here,
-/// completing with [`PoliteEnd::Restart`] when the hand-over begins.
+/// SIGTERM/SIGINT drain begins ([`PoliteEnd::Drain`]), or the drain after a SIGUSR2 hand-over
+/// ([`PoliteEnd::Restart`], SPEC §11), or when a reload makes a configuration current in which
+/// `routed` no longer holds ([`PoliteEnd::Reload`], see [`route::still_routed`]). `changes` must
+/// have been subscribed before the tunnel was routed or marked changed, so that no reload in
+/// between is missed.
 async fn polite_end(
     shutdown: Shutdown,
     mut changes: watch::Receiver<Arc<Runtime>>,
     routed: RoutedTunnel,
 ) -> PoliteEnd {
     tokio::select! {
-        () = shutdown.draining() => PoliteEnd::Drain,
+        // Marked before the drain begins (`Shutdown::hand_over`), so it is known on waking.
+        () = shutdown.draining() => if shutdown.is_handed_over() {
+            PoliteEnd::Restart
+        } else {
+            PoliteEnd::Drain
+        },
         () = unrouted(&mut changes, &routed) => PoliteEnd::Reload,
     }
 }
@@ -299,6 +302,26 @@ mod tests {
         let _drain = tokio::spawn(async move { shutdown.drain(Duration::from_secs(60)).await });
         let end = timeout(LIMIT, polite).await.unwrap().unwrap();
         assert_eq!(end, PoliteEnd::Drain);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The drain after a SIGUSR2 hand-over ends every inspected tunnel with `Restart`.
+    #[tokio::test]
+    async fn polite_end_is_restart_when_the_drain_follows_a_hand_over() {
+        let dir = test_dir();
+        let gateway = gateway_for_tests(config(&dir, "a.toml", ROUTES));
+        let tunnel = routed(&gateway, "/ws", Via::Fallback);
+        let polite = tokio::spawn(polite_end(
+            gateway.shutdown.clone(),
+            gateway.runtime_changes(),
+            tunnel,
+        ));
+        tokio::task::yield_now().await;
+        let shutdown = gateway.shutdown.clone();
+        shutdown.hand_over();
+        let _drain = tokio::spawn(async move { shutdown.drain(Duration::from_secs(60)).await });
+        let end = timeout(LIMIT, polite).await.unwrap().unwrap();
+        assert_eq!(end, PoliteEnd::Restart);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -14,7 +14,7 @@ use listenfd::ListenFd;
 use crate::config::Config;
 
 /// sd_listen_fds(3): the first inherited descriptor.
-const FIRST_FD: usize = 3;
+pub(super) const FIRST_FD: usize = 3;
 
 /// The inherited sockets that `bind` uses instead of binding, one slot per configured listener.
 #[derive(Debug, Default)]

@@ -1,6 +1,7 @@
 //! The listening sockets of a running gateway, kept in step with its configuration: bound (or
 //! inherited from systemd, see `activation`) at start, opened, closed or restarted on SIGHUP, and
-//! closed when a drain begins.
+//! closed when a drain begins. [`Listeners::sockets`] is the one list of them (address,
+//! descriptor, kind) that a SIGUSR2 hand-over passes to the new process.
 //!
 //! Reload matches listeners by their configured `bind` (several `:0` listeners on one address
 //! pair up unchanged ones first, then in file order). A listener whose settings are unchanged keeps its socket and accept
@@ -11,6 +12,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -74,9 +76,14 @@ impl Bound {
                 .map_err(|source| BindError { addr: bind, source })?;
             open.push(opened);
         }
-        let admin = self
-            .admin
-            .map(|(settings, tcp)| Admin::start(settings, tcp, &gateway));
+        let admin = match self.admin {
+            Some((settings, tcp)) => {
+                let bind = settings.bind;
+                let started = Admin::start(settings, tcp, &gateway);
+                Some(started.map_err(|source| BindError { addr: bind, source })?)
+            }
+            None => None,
+        };
         Ok(Listeners {
             gateway,
             open,
@@ -113,10 +120,77 @@ struct Open {
 #[derive(Debug)]
 struct Admin {
     settings: AdminConfig,
+    /// The address actually bound.
+    local: SocketAddr,
+    /// Owns the listening socket, as [`Open::socket`] does: `serve` accepts on a duplicate.
+    socket: std::net::TcpListener,
     serve: JoinHandle<()>,
 }
 
+/// What a listening socket serves. The new process of a hand-over tells them apart by address
+/// (`activation`), so this is for logs and for the order they are passed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SocketKind {
+    /// A `[[listener]]`'s TCP socket.
+    Listener,
+    /// The `[admin]` TCP socket.
+    Admin,
+}
+
+impl SocketKind {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            SocketKind::Listener => "listener",
+            SocketKind::Admin => "admin",
+        }
+    }
+}
+
+/// One listening socket of this process, as a hand-over passes it on.
+#[derive(Debug)]
+pub(super) struct BoundSocket {
+    pub(super) kind: SocketKind,
+    pub(super) addr: SocketAddr,
+    /// A duplicate of the socket's descriptor, for the child; the listener keeps its own.
+    pub(super) fd: OwnedFd,
+}
+
+impl BoundSocket {
+    fn of(kind: SocketKind, addr: SocketAddr, socket: &impl AsFd) -> io::Result<BoundSocket> {
+        Ok(BoundSocket {
+            kind,
+            addr,
+            fd: socket.as_fd().try_clone_to_owned()?,
+        })
+    }
+}
+
 impl Listeners {
+    /// Every socket this process listens on: the `[[listener]]`s in config order, then
+    /// `[admin]`. The one list a hand-over passes to the new process (sockets of other kinds,
+    /// such as HTTP/3's UDP ones, belong here too).
+    pub(super) fn sockets(&self) -> io::Result<Vec<BoundSocket>> {
+        let listeners = self
+            .open
+            .iter()
+            .map(|o| BoundSocket::of(SocketKind::Listener, o.local, &o.socket));
+        let admin = self
+            .admin
+            .iter()
+            .map(|a| BoundSocket::of(SocketKind::Admin, a.local, &a.socket));
+        listeners.chain(admin).collect()
+    }
+
+    /// The new process of a hand-over accepts on every socket: this one stops accepting on all
+    /// of them, admin included, and closes its descriptors. The sockets themselves stay open in
+    /// the new process, so connections queued on them are not refused but accepted there.
+    pub(super) async fn close_for_hand_over(&mut self) {
+        self.close_for_drain().await;
+        if let Some(admin) = self.admin.take() {
+            admin.close().await;
+        }
+    }
+
     /// Applies the listener part of a reloaded (already validated) configuration: closes removed
     /// listeners, restarts changed ones, opens added ones and re-reads certificates of the rest.
     /// A listener that cannot be opened or restarted is logged; the others are still applied.
@@ -172,12 +246,18 @@ impl Listeners {
             (old, Some(s)) => {
                 // Bind the new address before letting go of the old one: if it cannot be bound,
                 // health checks keep working on the old address.
-                match listener::bind(s.bind).await {
-                    Ok(tcp) => {
+                let started = listener::bind(s.bind).await.and_then(|tcp| {
+                    Admin::start(s.clone(), tcp, &self.gateway).map_err(|source| BindError {
+                        addr: s.bind,
+                        source,
+                    })
+                });
+                match started {
+                    Ok(admin) => {
                         if let Some(old) = old {
                             old.close().await;
                         }
-                        self.admin = Some(Admin::start(s.clone(), tcp, &self.gateway));
+                        self.admin = Some(admin);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "admin listener not moved: keeping the old one");
@@ -276,20 +356,25 @@ impl Open {
 }
 
 impl Admin {
-    fn start(settings: AdminConfig, tcp: TcpListener, gateway: &Arc<Gateway>) -> Admin {
-        match tcp.local_addr() {
-            Ok(addr) => {
-                tracing::info!(event = "listening", addr = %addr, kind = "admin", "listening")
-            }
-            Err(e) => tracing::warn!(kind = "admin", error = %e, "listening on an unknown address"),
-        }
-        let serve = tokio::spawn(admin::serve(tcp, Arc::clone(gateway)));
-        Admin { settings, serve }
+    /// Starts serving `tcp`, logging `listening`.
+    fn start(settings: AdminConfig, tcp: TcpListener, gateway: &Arc<Gateway>) -> io::Result<Admin> {
+        let local = tcp.local_addr()?;
+        let socket = tcp.into_std()?;
+        let serving = TcpListener::from_std(socket.try_clone()?)?;
+        let serve = tokio::spawn(admin::serve(serving, Arc::clone(gateway)));
+        tracing::info!(event = "listening", addr = %local, kind = "admin", "listening");
+        Ok(Admin {
+            settings,
+            local,
+            socket,
+            serve,
+        })
     }
 
     async fn close(self) {
         stop(self.serve).await;
-        tracing::info!(event = "listener_closed", addr = %self.settings.bind, kind = "admin", "listener closed");
+        drop(self.socket);
+        tracing::info!(event = "listener_closed", addr = %self.local, kind = "admin", "listener closed");
     }
 }
 

@@ -9,12 +9,16 @@
 use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Where to send notifications; does nothing when `NOTIFY_SOCKET` was unset.
 #[derive(Debug)]
 pub(super) struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
+    /// Set once a hand-over's new process has taken over as the unit's main process: from then
+    /// on this one sends nothing (SPEC §11), watchdog pings included.
+    silenced: AtomicBool,
 }
 
 impl Notifier {
@@ -22,7 +26,7 @@ impl Notifier {
     /// notifications are off.
     pub(super) fn from_env() -> Notifier {
         let Some(value) = std::env::var_os("NOTIFY_SOCKET") else {
-            return Notifier { target: None };
+            return Notifier::off();
         };
         let target = notify_address(&value.to_string_lossy()).and_then(|addr| {
             let socket = UnixDatagram::unbound()?;
@@ -32,12 +36,26 @@ impl Notifier {
         match target {
             Ok(target) => Notifier {
                 target: Some(target),
+                silenced: AtomicBool::new(false),
             },
             Err(e) => {
                 tracing::warn!(notify_socket = ?value, error = %e, "NOTIFY_SOCKET not usable: no sd_notify messages");
-                Notifier { target: None }
+                Notifier::off()
             }
         }
+    }
+
+    fn off() -> Notifier {
+        Notifier {
+            target: None,
+            silenced: AtomicBool::new(false),
+        }
+    }
+
+    /// A hand-over's new process reported ready and tells systemd its own `MAINPID`: this
+    /// process stays silent from now on.
+    pub(super) fn silence(&self) {
+        self.silenced.store(true, Ordering::Relaxed);
     }
 
     /// `READY=1` with `MAINPID`: every listener accepts (at start), or a reload has finished.
@@ -74,6 +92,9 @@ impl Notifier {
         let Some((socket, addr)) = &self.target else {
             return;
         };
+        if self.silenced.load(Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = socket.send_to_addr(message.as_bytes(), addr) {
             tracing::warn!(notify = what, error = %e, "sd_notify message not sent");
         }
@@ -218,11 +239,19 @@ mod tests {
             let socket = UnixDatagram::unbound().unwrap();
             let notifier = Notifier {
                 target: Some((socket, notify_address(&address).unwrap())),
+                silenced: AtomicBool::new(false),
             };
             notifier.stopping();
             let mut buf = [0u8; 64];
             let n = receiver.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"STOPPING=1\n", "via {address}");
+            // Unix datagrams are queued at the receiver by the send itself, so a silenced
+            // notifier's would already be there.
+            notifier.silence();
+            notifier.ready();
+            receiver.set_nonblocking(true).unwrap();
+            let err = receiver.recv(&mut buf).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "via {address}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -88,12 +88,7 @@ pub(crate) enum PoliteEnd {
     Drain,
     /// A reload removed the tunnel's route or remapped its subprotocol to another upstream.
     Reload,
-    /// The SIGUSR2 hand-over to a new process (SPEC §11); the engine handles it already, the
-    /// hand-over that sends it is issue 15's.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "sent by the SIGUSR2 hand-over (issue 15)")
-    )]
+    /// The drain of the old process after a SIGUSR2 hand-over to a new one (SPEC §11).
     Restart,
 }
 
