@@ -3,12 +3,14 @@
 //! spread; two gateways agree; a stopped server's keys go to their next server in hash order
 //! (the server a config without it gives them) and come back when it listens again; requests
 //! without the key take turns; every key form (query, header, cookie, client address from the
-//! PROXY header) and ordinary requests through the route's `http` upstream.
+//! PROXY header, a verified JWT claim) and ordinary requests through the route's `http` upstream.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use crate::support::*;
+use jsonwebtoken::Algorithm;
+use serde_json::json;
 
 /// Script: answers every request on the connection; an upgrade with a correct 101 (then
 /// echo), an ordinary request with 200 and the body `tag`.
@@ -385,6 +387,66 @@ async fn ordinary_requests_follow_the_key_too() {
                 "{k} after b is back"
             );
         }
+    })
+    .await;
+}
+
+/// `claim:sub`: the key is the verified token's subject, whichever token carries it and from
+/// whichever source; every token of one user reaches one server, users spread, and a token
+/// that does not verify reaches none (the check runs before the pick).
+#[tokio::test]
+async fn claim_keys_follow_the_verified_subject() {
+    bounded("claim_keys_follow_the_verified_subject", async {
+        let ups = servers(3).await;
+        let keys = JwtKeys::new();
+        let dir = unique_temp_dir("claim-affinity");
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, keys.jwks(&["RS256", "EdDSA"])).expect("write jwks");
+        let base = ConfigBuilder::new()
+            .upstream_with(
+                "pool",
+                &addrs(&ups),
+                "balance = \"hash\"\nhash_key = \"claim:sub\"\n",
+            )
+            .route(
+                Route::new("/ws")
+                    .fallback("pool")
+                    .key("auth", "\"api\""),
+            )
+            .build();
+        let jwks = q(&jwks.display().to_string());
+        let cfg = format!(
+            "{base}\n[auth.api]\njwt = {{ jwks = {jwks}, issuer = \"https://id.test\", audience = \"chat\" }}\n"
+        );
+        let gw = Gateway::start(&cfg).await;
+        let mut first = Vec::new();
+        for i in 0..12 {
+            let user = format!("user-{i:02}");
+            let mut seen = BTreeSet::new();
+            for (n, alg) in [Algorithm::RS256, Algorithm::EdDSA].into_iter().enumerate() {
+                // Tokens differ (algorithm, a jti) but carry the same subject.
+                let token = keys.sign(alg, &claims(json!({"sub": user, "jti": n})));
+                let auth = format!("Bearer {token}");
+                seen.insert(handshake_to(&gw, &ups, b"", "/ws", &[("Authorization", &auth)]).await);
+                let query = format!("/ws?access_token={token}");
+                seen.insert(handshake_to(&gw, &ups, b"", &query, &[]).await);
+            }
+            assert_eq!(seen.len(), 1, "{user} reached servers {seen:?}");
+            first.extend(seen);
+        }
+        let used: BTreeSet<usize> = first.iter().copied().collect();
+        assert!(used.len() >= 2, "12 users all reached server {used:?}");
+
+        let before: usize = ups.iter().map(|u| u.conns().len()).sum();
+        let forged = keys.hs256_confusion(&claims(json!({"sub": "user-00"})));
+        let req = ClientRequest::ws(&gw.addr().to_string(), "/ws")
+            .header("Authorization", &format!("Bearer {forged}"));
+        let mut c = Client::connect(gw.addr()).await;
+        c.send(&req.to_bytes()).await.expect("send");
+        let (head, _) = c.read_response().await;
+        assert_eq!(head.status, 401, "a forged token: {head:?}");
+        let after: usize = ups.iter().map(|u| u.conns().len()).sum();
+        assert_eq!(after, before, "a refused token reached an upstream");
     })
     .await;
 }
