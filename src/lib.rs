@@ -45,6 +45,7 @@ mod gateway;
 mod h1_gate;
 mod h2_flood;
 mod h2_watch;
+mod h3_listener;
 mod handshake;
 mod head;
 mod io;

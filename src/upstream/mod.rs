@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::proxy_protocol::ProxiedAddrs;
 use crate::shutdown::Shutdown;
 
-pub(crate) use self::http::HTTP_AUTHORITY;
+pub(crate) use self::http::{ForwardBody, HTTP_AUTHORITY};
 pub(crate) use self::pool::{Pool, PoolError, ServerLease};
 pub(crate) use self::upgrade::{Answer, RelayBody};
 
@@ -139,7 +139,7 @@ impl Upstreams {
     pub(crate) async fn forward(
         &self,
         name: &str,
-        request: Request<Incoming>,
+        request: Request<ForwardBody>,
     ) -> Result<Response<Incoming>, Reject> {
         let client = self.http.get(name).ok_or(Reject::UpstreamUnreachable)?;
         http::forward(client, name, request, self.handshake_timeout).await

@@ -12,6 +12,7 @@ mod cli;
 mod demo;
 mod h2;
 mod h2_limits;
+mod h3;
 mod handshake;
 mod hostile;
 mod inspect;

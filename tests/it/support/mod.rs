@@ -20,6 +20,7 @@
 //! - [`tls`]: dev certificates, rustls client/server configs, `wss` clients
 //! - [`h2_client`]: the RFC 8441 client over the `h2` crate
 //! - [`h2_frames`]: raw h2 frames over TLS, for floods and silence the `h2` crate would not send
+//! - [`h3_client`]: the RFC 9220 client over quinn and the gateway's h3 layer
 
 pub mod client;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod frames;
 pub mod gateway;
 pub mod h2_client;
 pub mod h2_frames;
+pub mod h3_client;
 pub mod heads;
 pub mod net;
 pub mod raw_upstream;
