@@ -38,6 +38,19 @@ const MAX_UNI_STREAMS: u32 = 16;
 /// so a connection with an open but silent tunnel survives the client's idle timer too.
 const MAX_PING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Receive window per request stream: what one tunnel's client may send ahead of its upstream
+/// reading it (as h2's stream window, see `listener`).
+const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Receive window per connection: 16 stream windows, so up to 16 stalled upstreams cannot stall
+/// the other streams, and the most one connection makes the gateway buffer inbound (4 MiB).
+/// quinn's default would be unbounded.
+const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
+
+/// Unacknowledged bytes the gateway keeps in flight towards one client, across its streams: a
+/// client that stops reading pushes back on its tunnels' upstreams once this is full.
+const SEND_WINDOW: u64 = 4 * 1024 * 1024;
+
 /// How long an idle connection has after its GOAWAY before it is closed anyway, so a request
 /// that raced the GOAWAY can still be answered.
 const GOAWAY_GRACE: Duration = Duration::from_millis(200);
@@ -63,6 +76,9 @@ pub(crate) fn server_config(tls: &ServerTls, limits: &Limits) -> Result<ServerCo
         // SPEC §12: at most `h2_max_concurrent_streams` bidirectional (request) streams.
         .max_concurrent_bidi_streams(VarInt::from_u32(limits.h2_max_concurrent_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+        .send_window(SEND_WINDOW)
         .max_idle_timeout(idle_timeout(limits.keepalive_timeout))
         .keep_alive_interval(Some(ping_interval(limits.keepalive_timeout)));
     config.transport_config(Arc::new(transport));

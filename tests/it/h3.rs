@@ -664,3 +664,48 @@ async fn sigterm_sends_goaway_and_tunnels_live_on() {
     })
     .await;
 }
+
+/// `switchyard bench` over h2 and h3 (`--http 2|3`, a `wss://` target): handshakes and bulk
+/// against the gateway in front of an echoing upstream, every operation succeeding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_h2_and_h3_tunnels() {
+    bounded("bench_measures_h2_and_h3_tunnels", async {
+        let up = RawUpstream::start(accept_then_echo(b"")).await;
+        let gw = h3_config(&up, &up, &up)
+            .route(Route::new("/bench").fallback("chat"))
+            .start()
+            .await;
+        let target = format!("wss://localhost:{}/bench", gw.addr().port());
+        let ca = dev_cert("ca.pem").to_string_lossy().into_owned();
+        for http in ["2", "3"] {
+            // Few workers and a whole second: a debug build's QUIC handshakes in a loaded
+            // test run must not take the whole measurement.
+            for (mode, width) in [("handshakes", "--workers"), ("bulk", "--tunnels")] {
+                let args = [
+                    "bench",
+                    mode,
+                    "--target",
+                    &target,
+                    "--http",
+                    http,
+                    "--ca",
+                    &ca,
+                    "--duration",
+                    "1s",
+                    width,
+                    "2",
+                ];
+                let (code, stdout, stderr) = run_cli(&args).await;
+                assert_eq!(code, 0, "bench {mode} --http {http}: {stdout} {stderr}");
+                let line: serde_json::Value =
+                    serde_json::from_str(stdout.trim()).expect("one JSON line");
+                assert!(
+                    line["count"].as_u64() > Some(0),
+                    "--http {http} {mode}: {line} {stderr}"
+                );
+                assert_eq!(line["failures"], 0, "--http {http} {mode}: {line}");
+            }
+        }
+    })
+    .await;
+}
