@@ -233,6 +233,16 @@ async fn serve_connection(
             }
         }
     }
+    close(&quic).await;
+}
+
+/// Closes `quic` with H3_NO_ERROR once what was last sent (an answer, the GOAWAY) has had a few
+/// round trips to be acknowledged, or at once when the client closes first: CONNECTION_CLOSE
+/// discards any stream data still in flight (RFC 9000 §10.2). The h3 connection must outlive
+/// this, since its control stream ending would be a connection error for the client.
+async fn close(quic: &quinn::Connection) {
+    let linger = (quic.rtt() * 3).max(GOAWAY_GRACE);
+    let _ = tokio::time::timeout(linger, quic.closed()).await;
     quic.close(VarInt::from_u32(H3_NO_ERROR), b"");
 }
 
@@ -264,7 +274,7 @@ async fn refuse(
         AccessRecord::new(client, "HTTP/3").log_handshake(status);
     }
     let _ = tokio::time::timeout_at(deadline, h3.shutdown(0)).await;
-    quic.close(VarInt::from_u32(H3_NO_ERROR), b"");
+    close(&quic).await;
 }
 
 /// A running `http3` listener: the endpoint (whose server settings a reload replaces) and its
@@ -346,6 +356,11 @@ pub(crate) enum H3Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alt_svc_names_the_port_only() {
+        assert_eq!(alt_svc(8443), "h3=\":8443\"");
+    }
 
     #[test]
     fn pings_come_three_times_per_idle_timeout_but_at_least_every_10s() {

@@ -508,6 +508,24 @@ async fn stream_and_connection_limits() {
             before + 1,
             "the refused stream reached an upstream"
         );
+        // A second QUIC connection is over the limit itself: its first request gets the 429,
+        // then the connection is closed.
+        let mut over = H3Conn::connect(gw.addr()).await;
+        let (res, _) = over.connect_ws("/ws", Some("chat.v2")).await;
+        assert_eq!(
+            res.status(),
+            429,
+            "a connection over max_connections_per_ip"
+        );
+        assert!(
+            over.closed_within(IO_TIMEOUT).await.is_some(),
+            "the refused QUIC connection was not closed after its answer"
+        );
+        assert_eq!(
+            up.conns().len(),
+            before + 1,
+            "the refused connection reached an upstream"
+        );
         s1.send(b"first").await;
         assert_eq!(s1.recv_exact(5).await, b"first");
         s1.finish().await;
