@@ -727,3 +727,51 @@ async fn bench_measures_h2_and_h3_tunnels() {
     })
     .await;
 }
+
+/// SIGHUP toggles `http3`: turned off, Alt-Svc goes and QUIC is no longer served (the TCP
+/// side keeps its socket); turned on again, the UDP socket is bound at the same port and both
+/// come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_turns_http3_off_and_on() {
+    bounded("sighup_turns_http3_off_and_on", async {
+        let up = RawUpstream::start(accept_then_echo(b"")).await;
+        let on = h3_config(&up, &up, &up).build();
+        let off = on.replacen("http3 = true\n", "", 1);
+        assert_ne!(on, off);
+        let gw = Gateway::start(&on).await;
+        let want = format!("h3=\":{}\"", gw.addr().port());
+        let alt_svc = || async {
+            let mut h2 = H2Conn::connect(gw.addr()).await;
+            let req = h2.get_request("/ws");
+            h2.open(req, true)
+                .await
+                .header("alt-svc")
+                .map(str::to_owned)
+        };
+        let echo_over_h3 = || async {
+            let mut conn = H3Conn::connect(gw.addr()).await;
+            let (res, mut s) = conn.connect_ws("/ws", Some("chat.v2")).await;
+            assert_eq!(res.status(), 200);
+            s.send(b"h3").await;
+            assert_eq!(s.recv_exact(2).await, b"h3");
+            conn.quic.close(0u32.into(), b"");
+        };
+        echo_over_h3().await;
+        assert_eq!(alt_svc().await.as_deref(), Some(want.as_str()));
+
+        assert!(is_event(&gw.reload(&off).await, RELOADED));
+        assert_eq!(alt_svc().await, None, "Alt-Svc still sent with http3 off");
+        let ca = dev_cert("ca.pem");
+        assert!(
+            H3Conn::connect_as(gw.addr(), "localhost", &ca)
+                .await
+                .is_err(),
+            "QUIC still served with http3 off"
+        );
+
+        assert!(is_event(&gw.reload(&on).await, RELOADED));
+        assert_eq!(alt_svc().await.as_deref(), Some(want.as_str()));
+        echo_over_h3().await;
+    })
+    .await;
+}
