@@ -72,6 +72,10 @@ pub(crate) enum Reject {
     /// Over `connection_rate_per_ip`: the address's token bucket is empty.
     #[error("too many new connections from this address")]
     ConnectionRateExceeded,
+    /// HTTP/3 (SPEC §12): an extended CONNECT whose `:protocol` is neither `websocket` nor a
+    /// configured token; RFC 9110 §15.6.2, the server does not implement what was asked.
+    #[error("unsupported :protocol")]
+    ProtocolNotImplemented,
     #[error("upstream unreachable")]
     UpstreamUnreachable,
     #[error("upstream timed out")]
@@ -160,6 +164,8 @@ pub(crate) enum Carrier {
     H1,
     /// HTTP/2: an upgrade is an extended CONNECT (RFC 8441) on one stream of a shared connection.
     H2,
+    /// HTTP/3: an extended CONNECT as on h2 (RFC 9220) on one request stream of a QUIC connection.
+    H3,
 }
 
 impl Carrier {
@@ -169,7 +175,16 @@ impl Carrier {
     pub(crate) fn extended_connect(self) -> bool {
         match self {
             Carrier::H1 => false,
-            Carrier::H2 => true,
+            Carrier::H2 | Carrier::H3 => true,
+        }
+    }
+
+    /// The answer to an extended CONNECT whose `:protocol` is not served: on h2 the §3 row for
+    /// an unknown `Upgrade` token (400), on h3 501 (SPEC §12).
+    pub(crate) fn unknown_protocol(self) -> Reject {
+        match self {
+            Carrier::H1 | Carrier::H2 => Reject::UnsupportedUpgrade,
+            Carrier::H3 => Reject::ProtocolNotImplemented,
         }
     }
 
@@ -178,6 +193,7 @@ impl Carrier {
         match self {
             Carrier::H1 => Version::HTTP_11,
             Carrier::H2 => Version::HTTP_2,
+            Carrier::H3 => Version::HTTP_3,
         }
     }
 
@@ -225,6 +241,7 @@ impl Reject {
             Reject::AuthMissingToken | Reject::AuthInvalidToken => StatusCode::UNAUTHORIZED,
             Reject::AuthRefused(refusal) => refusal.status,
             Reject::AuthServiceFailed => StatusCode::BAD_GATEWAY,
+            Reject::ProtocolNotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -278,6 +295,7 @@ impl Reject {
             | Reject::BadSubprotocolList(_)
             | Reject::NoSubprotocolMatch { .. }
             | Reject::TooManyConnectionsPerIp
+            | Reject::ProtocolNotImplemented
             | Reject::UpstreamUnreachable
             | Reject::UpstreamTimeout
             | Reject::UpstreamBadHandshake(_)
@@ -360,9 +378,17 @@ mod tests {
     }
 
     #[test]
-    fn h2_answers_carry_no_connection_header() {
-        let res = Reject::UpgradeRequired.response(Carrier::H2);
-        assert!(!res.headers().contains_key(CONNECTION));
+    fn h2_and_h3_answers_carry_no_connection_header() {
+        for carrier in [Carrier::H2, Carrier::H3] {
+            let res = Reject::UpgradeRequired.response(carrier);
+            assert!(!res.headers().contains_key(CONNECTION), "{carrier:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_protocol_is_400_on_h2_and_501_on_h3() {
+        assert_eq!(Carrier::H2.unknown_protocol().status(), 400);
+        assert_eq!(Carrier::H3.unknown_protocol().status(), 501);
     }
 
     #[test]

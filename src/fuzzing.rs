@@ -171,6 +171,7 @@ fn route(host: HostPattern, path: &str, select: Select) -> RouteConfig {
         inspect: None,
         max_lifetime: None,
         max_lifetime_jitter: std::time::Duration::ZERO,
+        auth: None,
     }
 }
 

@@ -24,7 +24,9 @@ use tokio_rustls::server::TlsStream as ServerTlsStream;
 use crate::h1_gate::RequestGate;
 use crate::tunnel::Leg;
 
+mod h3_stream;
 mod stall;
+pub(crate) use h3_stream::H3RequestStream;
 pub(crate) use stall::WriteStall;
 
 /// A connection to an upstream server: plain TCP, or TLS when the upstream has `tls = true`.
@@ -103,6 +105,12 @@ pub(crate) fn h1_client_leg(upgraded: Upgraded) -> Leg {
 /// frame through the stream.
 pub(crate) fn h2_client_leg(upgraded: Upgraded) -> Leg {
     Leg::stream(H2ClientStream(TokioIo::new(upgraded)), Bytes::new())
+}
+
+/// The client side of an h3 tunnel: one request stream after its 200 (SPEC §12). h3 hands over
+/// DATA payloads only, so there are no early bytes.
+pub(crate) fn h3_client_leg(stream: H3RequestStream) -> Leg {
+    Leg::stream(h3_stream::H3Stream::new(stream), Bytes::new())
 }
 
 /// The upstream side of a tunnel as a leg: a plain TCP connection becomes a TCP leg (splice can

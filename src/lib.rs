@@ -6,7 +6,9 @@
 //! listener   accept, PROXY header (proxy_protocol), admission (limits: 503/429), TLS (tls:
 //!            SNI cert, ALPN), the first HTTP/1 head (head: 431, timeout), then hyper h1 | h2
 //!            (h2_flood: control-frame flood guard under hyper; h2_watch: open streams, idle close)
-//!   -> gateway    hyper_front: one thin front per carrier turning its requests into
+//! h3_listener  an `http3` listener's UDP socket and QUIC endpoint: admission, QUIC handshake,
+//!            SNI, idle close, drain GOAWAY; each request stream to gateway::h3_front
+//!   -> gateway    hyper_front, h3_front: one thin front per carrier turning its requests into
 //!                 dispatch:  the carrier-neutral step (route, §3 checks, subprotocol,
 //!                            upstream choice, upstream upgrade, checked 101) -> typed outcome
 //!                 tunnels:   the task that runs and logs a switched handshake's tunnel
@@ -18,7 +20,8 @@
 //!   -> upstream   pool (verdicts, leases), balance (pick order), dial (Connect: TCP, PROXY
 //!                 header, TLS), upgrade (one head out, one answer in), http (keep-alive
 //!                 proxy for ordinary requests), health (active checks)
-//!   -> io         stream adapters: Rewind, UpstreamStream, hyper's Upgraded -> tunnel Leg
+//!   -> io         stream adapters: Rewind, UpstreamStream, hyper's Upgraded and h3 request
+//!                 streams -> tunnel Leg
 //!   -> tunnel     the hot path: policy (deadlines, drain, outcome), legs (raw TCP + early
 //!                 bytes | any stream), one file per copy engine; knows no HTTP
 //!   -> ws         PURE: WebSocket frame follower and control-frame writer for the inspecting
@@ -48,6 +51,7 @@ mod gateway;
 mod h1_gate;
 mod h2_flood;
 mod h2_watch;
+mod h3_listener;
 mod handshake;
 mod head;
 mod io;

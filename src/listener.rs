@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::Response;
+use http::{HeaderValue, Response};
 use http_body_util::{BodyExt, Full};
 
 use hyper::service::service_fn;
@@ -77,13 +77,22 @@ pub(crate) async fn accept(listener: &TcpListener, local: &str) -> (TcpStream, S
     }
 }
 
-/// Accepts connections until the gateway starts draining. With `proxy_protocol` every connection
-/// must start with a PROXY v1/v2 header (SPEC §7).
+/// What a listener's accept loop applies to every connection it accepts.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnSettings {
+    /// Every connection must start with a PROXY v1/v2 header (SPEC §7).
+    pub(crate) proxy_protocol: bool,
+    /// TLS: a request's host must be the SNI name (SPEC §3, 421).
+    pub(crate) strict_sni: bool,
+    /// The `Alt-Svc` value of a listener that also serves HTTP/3 (SPEC §12).
+    pub(crate) alt_svc: Option<HeaderValue>,
+}
+
+/// Accepts connections until the gateway starts draining.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    proxy_protocol: bool,
-    strict_sni: bool,
+    settings: ConnSettings,
     gateway: Arc<Gateway>,
 ) {
     let bound = listener.local_addr().ok();
@@ -103,8 +112,7 @@ pub(crate) async fn accept_loop(
                 client,
                 fixed_local,
                 tls.clone(),
-                proxy_protocol,
-                strict_sni,
+                settings.clone(),
                 Arc::clone(&gateway),
             )
             .instrument(span),
@@ -119,10 +127,14 @@ async fn serve_connection(
     peer: SocketAddr,
     fixed_local: Option<SocketAddr>,
     tls: Option<TlsAcceptor>,
-    proxy_protocol: bool,
-    strict_sni: bool,
+    settings: ConnSettings,
     gateway: Arc<Gateway>,
 ) {
+    let ConnSettings {
+        proxy_protocol,
+        strict_sni,
+        alt_svc,
+    } = settings;
     let _tracked = gateway.shutdown.track();
     let runtime = gateway.runtime();
     let limits = &runtime.config.limits;
@@ -155,6 +167,7 @@ async fn serve_connection(
             carrier: Carrier::H1,
             permit: Arc::new(permit),
             streams: None,
+            alt_svc: None,
         };
         return serve_http1(tcp, Arc::new(conn), deadline).await;
     };
@@ -188,6 +201,7 @@ async fn serve_connection(
         carrier,
         permit: Arc::new(permit),
         streams: streams.clone(),
+        alt_svc,
     });
     match streams {
         Some(streams) => serve_h2(stream, conn, streams, deadline).await,

@@ -16,6 +16,8 @@ pub(crate) struct Target {
     /// `host:port` as given, sent as `Host`.
     pub(crate) authority: String,
     pub(crate) path: String,
+    /// `wss://` with `--http 2` or `3`: the client config and whether it is h3.
+    pub(crate) mux: Option<(std::sync::Arc<rustls::ClientConfig>, bool)>,
 }
 
 /// Opens one tunnel from `source` (an address on 127.0.0.0/8; `None` lets the kernel choose):

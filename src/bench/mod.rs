@@ -11,6 +11,7 @@
 //! Targets outside 127.0.0.0/8 and ::1 are refused: this is a load generator for this machine.
 
 mod client;
+mod multiplexed;
 mod procstat;
 mod upstream;
 
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use client::Target;
+use multiplexed::MuxConn;
 use procstat::Usage;
 
 /// `switchyard bench MODE ...`.
@@ -97,13 +99,29 @@ pub struct Common {
     /// A label for the result line (e.g. `nginx`).
     #[arg(long, default_value = "target")]
     label: String,
+    /// The HTTP version the tunnels are opened with: `1.1` (a `ws://` target), or `2` / `3` (a
+    /// `wss://` target; RFC 8441 / RFC 9220 extended CONNECT, one stream per tunnel).
+    #[arg(long, default_value = "1.1")]
+    http: String,
+    /// The CA certificate (PEM) a `wss://` target is verified against.
+    #[arg(long, default_value = "certs/ca.pem")]
+    ca: std::path::PathBuf,
 }
 
 /// Why a bench run could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("--target {0}: expected ws://HOST:PORT/PATH")]
+    #[error("--target {0}: expected ws://HOST:PORT/PATH (or wss:// with --http 2 or 3)")]
     BadTarget(String),
+    #[error("--http {0}: expected 1.1, 2 or 3")]
+    BadHttp(String),
+    #[error("--ca {path}: {source}")]
+    Ca {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("idle measures ws:// (HTTP/1.1) tunnels only")]
+    IdleNeedsHttp1,
     #[error("--target {0}: only 127.0.0.0/8 and ::1 may be benchmarked")]
     NotLoopback(String),
     #[error("--listen {0}: only 127.0.0.0/8 and ::1 may be used")]
@@ -125,10 +143,11 @@ pub fn check(mode: &BenchMode) -> Result<(), BenchError> {
         }
         BenchMode::Upstream { .. } => Ok(()),
         BenchMode::Idle { common, .. } if common.pid.is_none() => Err(BenchError::IdleNeedsPid),
+        BenchMode::Idle { common, .. } if common.http != "1.1" => Err(BenchError::IdleNeedsHttp1),
         BenchMode::Handshakes { common, .. }
         | BenchMode::Echo { common, .. }
         | BenchMode::Bulk { common, .. }
-        | BenchMode::Idle { common, .. } => parse_target(&common.target).map(drop),
+        | BenchMode::Idle { common, .. } => parse_target(common).map(drop),
     }
 }
 
@@ -273,15 +292,31 @@ impl Report {
     }
 }
 
-/// `ws://HOST:PORT/PATH`, every address HOST resolves to on loopback.
-fn parse_target(url: &str) -> Result<Target, BenchError> {
+/// `ws://HOST:PORT/PATH` (or `wss://` for `--http 2`/`3`), every address HOST resolves to on
+/// loopback.
+fn parse_target(common: &Common) -> Result<Target, BenchError> {
+    let url = common.target.as_str();
     let bad = || BenchError::BadTarget(url.to_owned());
     let uri: http::Uri = url.parse().map_err(|_| bad())?;
-    if uri.scheme_str() != Some("ws") {
-        return Err(bad());
-    }
+    let mux = match (uri.scheme_str(), common.http.as_str()) {
+        (Some("ws"), "1.1") => None,
+        (Some("wss"), version @ ("2" | "3")) => {
+            let h3 = version == "3";
+            let alpn: &[u8] = if h3 { b"h3" } else { b"h2" };
+            let tls =
+                multiplexed::tls_config(&common.ca, alpn).map_err(|source| BenchError::Ca {
+                    path: common.ca.clone(),
+                    source,
+                })?;
+            Some((tls, h3))
+        }
+        (_, "1.1" | "2" | "3") => return Err(bad()),
+        (_, other) => return Err(BenchError::BadHttp(other.to_owned())),
+    };
     let authority = uri.authority().ok_or_else(bad)?;
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority
+        .port_u16()
+        .unwrap_or(if mux.is_some() { 443 } else { 80 });
     let host = authority
         .host()
         .trim_start_matches('[')
@@ -294,6 +329,7 @@ fn parse_target(url: &str) -> Result<Target, BenchError> {
         addr: addrs[0],
         authority: authority.as_str().to_owned(),
         path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        mux,
     })
 }
 
@@ -306,7 +342,7 @@ where
     F: FnOnce(Arc<Target>, Arc<AtomicBool>) -> Fut,
     Fut: Future<Output = (&'static str, Load, usize)>,
 {
-    let target = Arc::new(parse_target(&common.target)?);
+    let target = Arc::new(parse_target(common)?);
     let before = proxy_usage(common.pid)?;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -382,6 +418,22 @@ async fn handshakes(
 ) -> (&'static str, Load, usize) {
     let tasks = spawn_workers(workers, &target, &stop, move |target, stop| async move {
         let (mut ok, mut failed) = (0, 0);
+        if let Some((tls, h3)) = &target.mux {
+            // h2/h3: one connection per worker, a new extended CONNECT stream per handshake.
+            let Ok(mut conn) = MuxConn::connect(&target, Arc::clone(tls), *h3).await else {
+                return (0, 1, Vec::new());
+            };
+            while !stop.load(Ordering::Relaxed) {
+                match conn.open(&target).await {
+                    Ok((mut w, _r)) => {
+                        ok += 1;
+                        let _ = w.finish().await;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            return (ok, failed, Vec::new());
+        }
         while !stop.load(Ordering::Relaxed) {
             match client::open(&target, None).await {
                 Ok(tcp) => {
@@ -403,6 +455,9 @@ async fn echo(
     stop: Arc<AtomicBool>,
 ) -> (&'static str, Load, usize) {
     let tasks = spawn_workers(tunnels, &target, &stop, move |target, stop| async move {
+        if target.mux.is_some() {
+            return echo_mux(&target, size, &stop).await;
+        }
         let Ok(mut tcp) = client::open(&target, None).await else {
             return (0, 1, Vec::new());
         };
@@ -428,6 +483,9 @@ async fn bulk(
     stop: Arc<AtomicBool>,
 ) -> (&'static str, Load, usize) {
     let tasks = spawn_workers(tunnels, &target, &stop, move |target, stop| async move {
+        if target.mux.is_some() {
+            return bulk_mux(&target, size, &stop).await;
+        }
         let Ok(tcp) = client::open(&target, None).await else {
             return (0, 1, Vec::new());
         };
@@ -460,8 +518,71 @@ async fn bulk(
     ("bulk", join_all(tasks).await, tunnels)
 }
 
+/// One tunnel over h2/h3 sending one masked frame at a time and waiting for its echo.
+async fn echo_mux(target: &Target, size: usize, stop: &AtomicBool) -> Load {
+    let Some((tls, h3)) = &target.mux else {
+        return (0, 1, Vec::new());
+    };
+    let opened = match MuxConn::connect(target, Arc::clone(tls), *h3).await {
+        Ok(mut conn) => conn.open(target).await.map(|tunnel| (conn, tunnel)),
+        Err(e) => Err(e),
+    };
+    let Ok((_conn, (mut w, mut r))) = opened else {
+        return (0, 1, Vec::new());
+    };
+    let frame = bytes::Bytes::from(client::masked_frame(size));
+    let mut back = vec![0u8; frame.len()];
+    let mut rtts = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let sent = Instant::now();
+        if w.write_all(&frame).await.is_err() || r.read_exact(&mut back).await.is_err() {
+            return (rtts.len() as u64, 1, rtts);
+        }
+        rtts.push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+    (rtts.len() as u64, 0, rtts)
+}
+
+/// One tunnel over h2/h3 streaming frames while its echo is read back.
+async fn bulk_mux(target: &Target, size: usize, stop: &Arc<AtomicBool>) -> Load {
+    let Some((tls, h3)) = &target.mux else {
+        return (0, 1, Vec::new());
+    };
+    let opened = match MuxConn::connect(target, Arc::clone(tls), *h3).await {
+        Ok(mut conn) => conn.open(target).await.map(|tunnel| (conn, tunnel)),
+        Err(e) => Err(e),
+    };
+    let Ok((_conn, (mut w, mut r))) = opened else {
+        return (0, 1, Vec::new());
+    };
+    let writer = {
+        let stop = Arc::clone(stop);
+        tokio::spawn(async move {
+            let frame = bytes::Bytes::from(client::masked_frame(size));
+            while !stop.load(Ordering::Relaxed) {
+                if w.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut echoed = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => echoed += n as u64,
+            _ => {
+                writer.abort();
+                return (echoed, 1, Vec::new());
+            }
+        }
+    }
+    writer.abort();
+    (echoed, 0, Vec::new())
+}
+
 async fn idle(common: &Common, tunnels: usize, sources: u8) -> Result<Report, BenchError> {
-    let target = parse_target(&common.target)?;
+    let target = parse_target(common)?;
     let pid = common.pid.ok_or(BenchError::IdleNeedsPid)?;
     // One warm-up tunnel so allocator pools and lazy state are in place before measuring.
     drop(client::open(&target, None).await?);
@@ -514,23 +635,54 @@ fn source_addr(target: &Target, i: usize, n: u8) -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
+    fn common(target: &str, http: &str) -> Common {
+        Common {
+            target: target.into(),
+            duration: Duration::from_millis(300),
+            pid: None,
+            label: "t".into(),
+            http: http.into(),
+            ca: "certs/ca.pem".into(),
+        }
+    }
+
+    fn parse(target: &str) -> Result<Target, BenchError> {
+        parse_target(&common(target, "1.1"))
+    }
+
+    #[test]
+    fn wss_targets_need_http_2_or_3_and_the_ca() {
+        let t = parse_target(&common("wss://localhost:8443/ws", "3")).unwrap();
+        assert!(t.mux.as_ref().is_some_and(|(_, h3)| *h3));
+        let t = parse_target(&common("wss://127.0.0.1:8443/ws", "2")).unwrap();
+        assert!(t.mux.as_ref().is_some_and(|(_, h3)| !*h3));
+        assert!(matches!(
+            parse_target(&common("ws://127.0.0.1:8080/ws", "2")),
+            Err(BenchError::BadTarget(_))
+        ));
+        assert!(matches!(
+            parse_target(&common("wss://127.0.0.1:8443/ws", "4")),
+            Err(BenchError::BadHttp(_))
+        ));
+        let mut no_ca = common("wss://127.0.0.1:8443/ws", "3");
+        no_ca.ca = "no/such/ca.pem".into();
+        assert!(matches!(parse_target(&no_ca), Err(BenchError::Ca { .. })));
+    }
+
     #[test]
     fn only_loopback_targets_are_accepted() {
-        let t = parse_target("ws://127.0.0.1:8080/ws?x=1").unwrap();
+        let t = parse("ws://127.0.0.1:8080/ws?x=1").unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(t.path, "/ws?x=1");
         assert_eq!(t.authority, "127.0.0.1:8080");
-        assert!(parse_target("ws://[::1]:9/").is_ok());
-        assert!(parse_target("ws://localhost:9/").is_ok());
+        assert!(parse("ws://[::1]:9/").is_ok());
+        assert!(parse("ws://localhost:9/").is_ok());
         for bad in ["http://127.0.0.1/", "127.0.0.1:80", "wss://127.0.0.1/"] {
-            assert!(
-                matches!(parse_target(bad), Err(BenchError::BadTarget(_))),
-                "{bad}"
-            );
+            assert!(matches!(parse(bad), Err(BenchError::BadTarget(_))), "{bad}");
         }
         for far in ["ws://10.0.0.1:80/", "ws://192.168.1.1/", "ws://8.8.8.8/"] {
             assert!(
-                matches!(parse_target(far), Err(BenchError::NotLoopback(_))),
+                matches!(parse(far), Err(BenchError::NotLoopback(_))),
                 "{far}"
             );
         }
@@ -547,6 +699,8 @@ mod tests {
             duration: Duration::from_millis(300),
             pid: Some(std::process::id()),
             label: "direct".into(),
+            http: "1.1".into(),
+            ca: "certs/ca.pem".into(),
         };
         let r = measure(&common, |t, s| handshakes(t, 2, s)).await.unwrap();
         assert!(r.count > 0 && r.failures == 0, "{r:?}");

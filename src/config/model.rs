@@ -37,6 +37,8 @@ pub(crate) struct ListenerConfig {
     pub(crate) bind: SocketAddr,
     /// Offer `h2` by ALPN and accept RFC 8441 extended CONNECT. Default: true with TLS, else false.
     pub(crate) http2: bool,
+    /// Also serve HTTP/3 on UDP at the same address (SPEC §12); needs `tls`. Default false.
+    pub(crate) http3: bool,
     /// Expect a PROXY v1/v2 header before anything else. Default false.
     pub(crate) proxy_protocol: bool,
     pub(crate) tls: Option<TlsConfig>,

@@ -37,6 +37,8 @@ pub(super) struct RawListener {
     pub(crate) bind: String,
     pub(crate) http2: Option<bool>,
     #[serde(default)]
+    pub(crate) http3: bool,
+    #[serde(default)]
     pub(crate) proxy_protocol: bool,
     /// Either the `[listener.tls]` sub-table or an inline `tls = { ... }`: the same TOML value.
     pub(crate) tls: Option<RawListenerTls>,

@@ -220,6 +220,7 @@ fn minimal_config_gets_the_documented_defaults() {
         vec![ListenerConfig {
             bind: "[::1]:8080".parse().unwrap(),
             http2: false,
+            http3: false,
             proxy_protocol: false,
             tls: None,
         }]
@@ -503,6 +504,14 @@ struct Reject {
 }
 
 const REJECTS: &[Reject] = &[
+    Reject {
+        name: "http3 without tls",
+        from: "bind = \"127.0.0.1:18080\"\n",
+        to: "bind = \"127.0.0.1:18080\"\nhttp3 = true\n",
+        at: ("http3", 0),
+        key: "listener[0].http3",
+        says: "needs tls",
+    },
     Reject {
         name: "max_message_bytes without inspect",
         from: "upgrades = [{ token = \"tcp\", upstream = \"raw\" }]\n",

@@ -126,10 +126,18 @@ impl Validator<'_> {
                     .tls
                     .as_ref()
                     .map(|tls| self.listener_tls(&at.key("tls"), tls));
+                // QUIC is TLS 1.3 by construction (RFC 9001): no certificate, no HTTP/3.
+                if listener.http3 && tls.is_none() {
+                    self.bad(
+                        &at.key("http3"),
+                        "http3 = true needs tls: HTTP/3 runs over QUIC, which is always TLS 1.3",
+                    );
+                }
                 ListenerConfig {
                     bind: self.bind(&at.key("bind"), &listener.bind),
                     // ALPN needs TLS, so h2 is on by default only where TLS is (SPEC §2).
                     http2: listener.http2.unwrap_or(tls.is_some()),
+                    http3: listener.http3,
                     proxy_protocol: listener.proxy_protocol,
                     tls,
                 }

@@ -38,7 +38,8 @@ const DRAIN_TIMEOUT: &str = "5s";
 pub struct DemoAddrs {
     /// Plain listener: the page over HTTP/1.1 and `ws://`.
     pub http: SocketAddr,
-    /// TLS listener with h2: the page over h2 and `wss://` over h2 (RFC 8441) or HTTP/1.1.
+    /// TLS listener with h2 and h3: the page over h2 or HTTP/3 and `wss://` over h2 (RFC 8441),
+    /// HTTP/3 (RFC 9220) or HTTP/1.1.
     pub https: SocketAddr,
     /// Admin listener: `/healthz`, `/readyz`, `/metrics`.
     pub admin: SocketAddr,
@@ -131,6 +132,7 @@ bind = "{http}"
 [[listener]]
 bind = "{https}"
 http2 = true
+http3 = true
 tls = {{ cert = "server.pem", key = "server-key.pem" }}
 
 [admin]
@@ -293,6 +295,7 @@ mod tests {
         assert!(config.listeners[0].tls.is_none());
         assert!(config.listeners[1].tls.is_some());
         assert!(config.listeners[1].http2);
+        assert!(config.listeners[1].http3);
         assert_eq!(config.routes.len(), 2);
         let dir_path = dir.path.clone();
         drop(dir);

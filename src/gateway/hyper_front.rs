@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::ALT_SVC;
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full, Limited};
@@ -27,6 +28,14 @@ impl Conn {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        let mut response = Arc::clone(&self).answer(req).await;
+        if let Some(alt_svc) = &self.alt_svc {
+            response.headers_mut().insert(ALT_SVC, alt_svc.clone());
+        }
+        Ok(response)
+    }
+
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
         let version = match req.version() {
             Version::HTTP_09 => "HTTP/0.9",
             Version::HTTP_10 => "HTTP/1.0",
@@ -58,7 +67,7 @@ impl Conn {
                     tls: self.tls,
                     host: &host,
                 };
-                return Ok(self.proxy_plain(&parts, body, &upstream, key, &fwd).await);
+                return self.proxy_plain(&parts, body, &upstream, key, &fwd).await;
             }
             Ok(Outcome::Refused(response)) => response.map(|b| b.map_err(Into::into).boxed()),
             Ok(Outcome::Switched(switched)) => {
@@ -88,7 +97,7 @@ impl Conn {
         let status = response.status().as_u16();
         self.gateway.metrics.handshake(rec.route_label(), status);
         rec.log_handshake(status);
-        Ok(response)
+        response
     }
 
     /// Reverse-proxies an ordinary request to the `http` upstream `name`: the pool picks the
@@ -108,7 +117,7 @@ impl Conn {
         let Ok(uri) = format!("http://{}{path}", upstream::HTTP_AUTHORITY).parse::<Uri>() else {
             return rejected(&Reject::MalformedHead, self);
         };
-        let mut request = Request::new(body);
+        let mut request = Request::new(body.map_err(Into::into).boxed_unsync());
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         // Host, X-Forwarded-* and Forwarded come from `fwd`; hop-by-hop headers are dropped.

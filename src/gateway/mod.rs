@@ -4,6 +4,8 @@
 //!   upstream upgrade, checked 101) returning a typed outcome;
 //! - `hyper_front`: the front for hyper's HTTP/1.1 and h2 connections, turning their requests
 //!   into a dispatch and its outcome into a response;
+//! - `h3_front`: the same for HTTP/3 request streams (SPEC §12), a switched stream becoming the
+//!   tunnel's client leg;
 //! - `tunnels`: the task that runs and logs the tunnel of a switched handshake.
 //!
 //! This module holds what they share: the configuration generation ([`Runtime`]), the
@@ -11,8 +13,11 @@
 //! through `Reject::response`.
 
 mod dispatch;
+mod h3_front;
 mod hyper_front;
 mod tunnels;
+
+pub(crate) use h3_front::reject_h3;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -134,6 +139,9 @@ pub(crate) struct Conn {
     /// `None` on HTTP/1.1, where a tunnel is the connection and nothing needs the count (and an
     /// idle tunnel would otherwise pin a watch channel).
     pub(crate) streams: Option<OpenStreams>,
+    /// `h3=":PORT"` on a TLS listener that also serves HTTP/3: every HTTP/1.1 and h2 answer
+    /// carries it as `Alt-Svc` (SPEC §12, RFC 7838), so browsers learn of the QUIC endpoint.
+    pub(crate) alt_svc: Option<http::HeaderValue>,
 }
 
 impl Conn {

@@ -157,7 +157,7 @@ pub(crate) fn classify(
     protocol: Option<&str>,
 ) -> Result<Kind, Reject> {
     if carrier.extended_connect() {
-        return classify_connect(parts, route, protocol);
+        return classify_connect(parts, route, carrier, protocol);
     }
     let mut offered = tokens::elements(&parts.headers, UPGRADE).peekable();
     // An `Upgrade` header without any protocol asks for nothing.
@@ -198,6 +198,7 @@ pub(crate) fn classify(
 fn classify_connect(
     parts: &Parts,
     route: &RouteConfig,
+    carrier: Carrier,
     protocol: Option<&str>,
 ) -> Result<Kind, Reject> {
     let connect = parts.method == Method::CONNECT;
@@ -217,7 +218,7 @@ fn classify_connect(
                 token: p.to_string(),
                 upstream: u.upstream.clone(),
             }),
-            None => Err(Reject::UnsupportedUpgrade),
+            None => Err(carrier.unknown_protocol()),
         },
     }
 }

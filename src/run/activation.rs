@@ -1,6 +1,7 @@
 //! systemd socket activation (sd_listen_fds(3), SPEC §11): listening sockets inherited as fds 3…
 //! are matched to the `[[listener]]` and `[admin]` entries whose `bind` equals their local
-//! address, so that those are served from the inherited socket instead of binding.
+//! address, so that those are served from the inherited socket instead of binding. Inherited
+//! UDP sockets are matched the same way to `http3` listeners (SPEC §11, §12).
 //!
 //! The fds become sockets through `listenfd` (it checks each fd is a socket of the asked type
 //! and sets `FD_CLOEXEC` before taking ownership), since `unsafe` is denied here. `listenfd`
@@ -21,6 +22,8 @@ pub(super) const FIRST_FD: usize = 3;
 pub struct Inherited {
     /// Aligned with `config.listeners`.
     listeners: Vec<Option<TcpListener>>,
+    /// Aligned with `config.listeners`: the UDP sockets of `http3` listeners.
+    udp: Vec<Option<UdpSocket>>,
     admin: Option<TcpListener>,
 }
 
@@ -44,9 +47,9 @@ pub enum ActivationError {
 
 /// One inherited descriptor, by what it turned out to be.
 #[derive(Debug)]
-enum Found<T> {
+enum Found<T, U> {
     Tcp(T),
-    Udp,
+    Udp(U),
 }
 
 impl Inherited {
@@ -66,16 +69,22 @@ impl Inherited {
         for index in 0..count.min(fds.len()) {
             found.push(take(&mut fds, index)?);
         }
-        let binds: Vec<SocketAddr> = config.listeners.iter().map(|l| l.bind).collect();
-        let (listeners, admin) = assign(found, &binds, config.admin.as_ref().map(|a| a.bind))?;
+        let binds: Vec<(SocketAddr, bool)> =
+            config.listeners.iter().map(|l| (l.bind, l.http3)).collect();
+        let (listeners, udp, admin) = assign(found, &binds, config.admin.as_ref().map(|a| a.bind))?;
         for (fd, tcp) in listeners.iter().flatten().chain(admin.iter()) {
             if let Ok(addr) = tcp.local_addr() {
                 tracing::info!(event = "socket_inherited", fd, addr = %addr, "using an inherited listening socket");
             }
         }
-        let strip = |slot: Option<(usize, TcpListener)>| slot.map(|(_, l)| l);
+        for (fd, socket) in udp.iter().flatten() {
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(event = "socket_inherited", fd, addr = %addr, kind = "udp", "using an inherited UDP socket");
+            }
+        }
         Ok(Inherited {
             listeners: listeners.into_iter().map(strip).collect(),
+            udp: udp.into_iter().map(strip).collect(),
             admin: strip(admin),
         })
     }
@@ -85,10 +94,19 @@ impl Inherited {
         self.listeners.get_mut(index).and_then(Option::take)
     }
 
+    /// The inherited UDP socket of `http3` listener number `index` (config order), if any.
+    pub(super) fn take_udp(&mut self, index: usize) -> Option<UdpSocket> {
+        self.udp.get_mut(index).and_then(Option::take)
+    }
+
     /// The inherited socket of the admin listener, if any.
     pub(super) fn take_admin(&mut self) -> Option<TcpListener> {
         self.admin.take()
     }
+}
+
+fn strip<T>(slot: Slot<T>) -> Option<T> {
+    slot.map(|(_, socket)| socket)
 }
 
 /// How many descriptors are ours: `None` when `LISTEN_PID` is unset or another process's (or
@@ -114,7 +132,7 @@ fn listen_count(
 fn take(
     fds: &mut ListenFd,
     index: usize,
-) -> Result<(usize, SocketAddr, Found<TcpListener>), ActivationError> {
+) -> Result<(usize, SocketAddr, Found<TcpListener, UdpSocket>), ActivationError> {
     let fd = FIRST_FD + index;
     let address = |r: std::io::Result<SocketAddr>| {
         r.map_err(|source| ActivationError::Address { fd, source })
@@ -131,7 +149,7 @@ fn take(
         Err(tcp_error) => match fds.take_udp_socket(index) {
             Ok(Some(udp)) => {
                 let addr = address(UdpSocket::local_addr(&udp))?;
-                Ok((fd, addr, Found::Udp))
+                Ok((fd, addr, Found::Udp(udp)))
             }
             Ok(None) => Err(taken(fd)),
             Err(_) => Err(ActivationError::NotSocket {
@@ -153,25 +171,43 @@ fn taken(fd: usize) -> ActivationError {
 /// A listener slot: the fd number and the socket.
 type Slot<T> = Option<(usize, T)>;
 
+/// Sockets matched to listeners: TCP and UDP slots aligned with the listeners, and the admin's.
+type Assigned<T, U> = (Vec<Slot<T>>, Vec<Slot<U>>, Slot<T>);
+
 /// Assigns each inherited TCP socket to the first listener without one whose `bind` is its
-/// address, else to the admin listener; any socket left over is an error naming it. UDP sockets
-/// belong to `http3` listeners, which the gateway does not have yet, so each is left over.
-fn assign<T>(
-    found: Vec<(usize, SocketAddr, Found<T>)>,
-    listeners: &[SocketAddr],
+/// address, else to the admin listener, and each UDP socket to the first `http3` listener
+/// (`listeners` holds each `bind` and whether it has `http3`) without one at its address; any
+/// socket left over is an error naming it.
+fn assign<T, U>(
+    found: Vec<(usize, SocketAddr, Found<T, U>)>,
+    listeners: &[(SocketAddr, bool)],
     admin: Option<SocketAddr>,
-) -> Result<(Vec<Slot<T>>, Slot<T>), ActivationError> {
+) -> Result<Assigned<T, U>, ActivationError> {
     let mut slots: Vec<Slot<T>> = listeners.iter().map(|_| None).collect();
+    let mut udp_slots: Vec<Slot<U>> = listeners.iter().map(|_| None).collect();
     let mut admin_slot = None;
     for (fd, addr, kind) in found {
         let tcp = match kind {
             Found::Tcp(tcp) => tcp,
-            Found::Udp => return Err(ActivationError::UnnamedUdp { fd, addr }),
+            Found::Udp(udp) => {
+                let free =
+                    listeners
+                        .iter()
+                        .zip(udp_slots.iter_mut())
+                        .find(|((bind, http3), slot)| {
+                            *http3 && slot.is_none() && same_address(*bind, addr)
+                        });
+                match free {
+                    Some((_, slot)) => *slot = Some((fd, udp)),
+                    None => return Err(ActivationError::UnnamedUdp { fd, addr }),
+                }
+                continue;
+            }
         };
         let free = listeners
             .iter()
             .zip(slots.iter_mut())
-            .find(|(bind, slot)| slot.is_none() && same_address(**bind, addr));
+            .find(|((bind, _), slot)| slot.is_none() && same_address(*bind, addr));
         if let Some((_, slot)) = free {
             *slot = Some((fd, tcp));
         } else if admin_slot.is_none() && admin.is_some_and(|a| same_address(a, addr)) {
@@ -180,7 +216,7 @@ fn assign<T>(
             return Err(ActivationError::UnnamedTcp { fd, addr });
         }
     }
-    Ok((slots, admin_slot))
+    Ok((slots, udp_slots, admin_slot))
 }
 
 /// Addresses compared as addresses: IP and port, an IPv4-mapped IPv6 address as its IPv4 one.
@@ -228,25 +264,30 @@ mod tests {
         assert!(!same_address(addr("127.0.0.1:0"), addr("127.0.0.1:80")));
     }
 
+    fn plain(binds: &[&str]) -> Vec<(SocketAddr, bool)> {
+        binds.iter().map(|b| (addr(b), false)).collect()
+    }
+
     #[test]
     fn sockets_go_to_listeners_and_admin_by_address_not_order() {
-        let found = vec![
+        let found: Vec<(usize, SocketAddr, Found<&str, ()>)> = vec![
             (3, addr("127.0.0.1:9090"), Found::Tcp("admin")),
             (4, addr("[::1]:8443"), Found::Tcp("v6")),
         ];
-        let listeners = [addr("127.0.0.1:8080"), addr("[::1]:8443")];
-        let (slots, admin) = assign(found, &listeners, Some(addr("127.0.0.1:9090"))).unwrap();
+        let listeners = plain(&["127.0.0.1:8080", "[::1]:8443"]);
+        let (slots, udp, admin) = assign(found, &listeners, Some(addr("127.0.0.1:9090"))).unwrap();
         assert_eq!(slots, vec![None, Some((4, "v6"))]);
+        assert_eq!(udp, vec![None, None]);
         assert_eq!(admin, Some((3, "admin")));
     }
 
     #[test]
     fn a_socket_no_listener_names_is_an_error_naming_fd_and_address() {
-        let found = vec![
+        let found: Vec<(usize, SocketAddr, Found<(), ()>)> = vec![
             (3, addr("127.0.0.1:8080"), Found::Tcp(())),
             (4, addr("127.0.0.1:8081"), Found::Tcp(())),
         ];
-        let err = assign(found, &[addr("127.0.0.1:8080")], None).unwrap_err();
+        let err = assign(found, &plain(&["127.0.0.1:8080"]), None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "inherited TCP socket fd 4 (127.0.0.1:8081) is named by no [[listener]] or [admin] `bind`"
@@ -255,36 +296,57 @@ mod tests {
 
     #[test]
     fn two_sockets_for_one_bind_leave_the_second_unnamed() {
-        let found = vec![
+        let found: Vec<(usize, SocketAddr, Found<(), ()>)> = vec![
             (3, addr("127.0.0.1:8080"), Found::Tcp(())),
             (4, addr("127.0.0.1:8080"), Found::Tcp(())),
         ];
-        let err = assign(found, &[addr("127.0.0.1:8080")], None).unwrap_err();
+        let err = assign(found, &plain(&["127.0.0.1:8080"]), None).unwrap_err();
         assert!(matches!(err, ActivationError::UnnamedTcp { fd: 4, .. }));
     }
 
     #[test]
-    fn a_udp_socket_is_unnamed_even_on_a_listener_address() {
+    fn a_udp_socket_goes_to_the_http3_listener_at_its_address_whatever_the_order() {
         let found = vec![
-            (3, addr("127.0.0.1:8443"), Found::Tcp(())),
-            (4, addr("127.0.0.1:8443"), Found::Udp),
+            (3, addr("127.0.0.1:8443"), Found::Udp("udp")),
+            (4, addr("127.0.0.1:8443"), Found::Tcp("tcp")),
         ];
-        let err = assign(found, &[addr("127.0.0.1:8443")], None).unwrap_err();
+        let listeners = [
+            (addr("127.0.0.1:8080"), false),
+            (addr("127.0.0.1:8443"), true),
+        ];
+        let (slots, udp, admin) = assign(found, &listeners, None).unwrap();
+        assert_eq!(slots, vec![None, Some((4, "tcp"))]);
+        assert_eq!(udp, vec![None, Some((3, "udp"))]);
+        assert_eq!(admin, None);
+    }
+
+    #[test]
+    fn a_udp_socket_is_unnamed_on_a_listener_without_http3() {
+        let found: Vec<(usize, SocketAddr, Found<(), ()>)> = vec![
+            (3, addr("127.0.0.1:8443"), Found::Tcp(())),
+            (4, addr("127.0.0.1:8443"), Found::Udp(())),
+        ];
+        let err = assign(found, &plain(&["127.0.0.1:8443"]), None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "inherited UDP socket fd 4 (127.0.0.1:8443) is named by no http3 listener"
         );
+        let found: Vec<(usize, SocketAddr, Found<(), ()>)> =
+            vec![(3, addr("127.0.0.1:9443"), Found::Udp(()))];
+        let err = assign(found, &[(addr("127.0.0.1:8443"), true)], None).unwrap_err();
+        assert!(matches!(err, ActivationError::UnnamedUdp { fd: 3, .. }));
     }
 
     #[test]
     fn no_inherited_sockets_leave_every_slot_empty() {
-        let (slots, admin) = assign::<()>(
+        let (slots, udp, admin) = assign::<(), ()>(
             Vec::new(),
-            &[addr("127.0.0.1:1")],
+            &plain(&["127.0.0.1:1"]),
             Some(addr("127.0.0.1:2")),
         )
         .unwrap();
         assert_eq!(slots, vec![None]);
+        assert_eq!(udp, vec![None]);
         assert_eq!(admin, None);
     }
 }

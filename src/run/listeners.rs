@@ -9,6 +9,11 @@
 //! its socket but gets a new accept loop with the new settings: connections already accepted
 //! finish under the old ones. A removed listener stops accepting at once; its open connections
 //! and tunnels carry on until they end (or the drain deadline).
+//!
+//! An `http3` listener also owns a UDP socket at its real address (an inherited one, like its
+//! TCP socket, or bound after the TCP socket so a `:0` port is shared) and the QUIC endpoint on
+//! it ([`H3Listener`]); a reload re-reads its certificates and limits for new QUIC connections,
+//! and toggling `http3` opens or closes it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +28,7 @@ use super::activation::Inherited;
 use crate::admin;
 use crate::config::{AdminConfig, Config, ListenerConfig};
 use crate::gateway::Gateway;
+use crate::h3_listener::{self, H3Listener};
 use crate::listener::{self, BindError};
 use crate::tls::ServerTls;
 
@@ -30,9 +36,17 @@ use crate::tls::ServerTls;
 /// address or certificate fails the start (exit 1) before anything is served.
 #[derive(Debug)]
 pub(super) struct Bound {
-    listeners: Vec<(ListenerConfig, TcpListener, Option<ServerTls>)>,
+    listeners: Vec<BoundListener>,
     admin: Option<(AdminConfig, TcpListener)>,
 }
+
+/// One listener's sockets and certificates: TCP, and UDP when it has `http3`.
+type BoundListener = (
+    ListenerConfig,
+    TcpListener,
+    Option<std::net::UdpSocket>,
+    Option<ServerTls>,
+);
 
 /// Binds every listener and the admin listener of `config` and loads their certificates; one
 /// with an `inherited` socket (systemd socket activation) is served from it instead.
@@ -44,7 +58,11 @@ pub(super) async fn bind(config: &Config, mut inherited: Inherited) -> Result<Bo
             source,
         })?;
         let tcp = open(settings.bind, inherited.take_listener(index)).await?;
-        listeners.push((settings.clone(), tcp, tls));
+        let udp = match inherited.take_udp(index) {
+            Some(udp) => Some(udp),
+            None => udp_for(settings, &tcp)?,
+        };
+        listeners.push((settings.clone(), tcp, udp, tls));
     }
     let admin = match &config.admin {
         Some(a) => Some((a.clone(), open(a.bind, inherited.take_admin()).await?)),
@@ -65,14 +83,31 @@ async fn open(
     }
 }
 
+/// A fresh UDP socket at `tcp`'s address (its real port) when `settings` has `http3`.
+fn udp_for(
+    settings: &ListenerConfig,
+    tcp: &TcpListener,
+) -> Result<Option<std::net::UdpSocket>, BindError> {
+    if !settings.http3 {
+        return Ok(None);
+    }
+    let addr = tcp.local_addr().map_err(|source| BindError {
+        addr: settings.bind,
+        source,
+    })?;
+    h3_listener::bind_udp(addr)
+        .map(Some)
+        .map_err(|source| BindError { addr, source })
+}
+
 impl Bound {
     /// Starts accepting on every socket. Logs one `listening` event per socket (`addr` with the
     /// real port, `kind` = `listener` or `admin`), which tests use as readiness.
     pub(super) fn serve(self, gateway: Arc<Gateway>) -> Result<Listeners, BindError> {
         let mut open = Vec::with_capacity(self.listeners.len());
-        for (settings, tcp, tls) in self.listeners {
+        for (settings, tcp, udp, tls) in self.listeners {
             let bind = settings.bind;
-            let opened = Open::start(settings, tcp, tls, &gateway)
+            let opened = Open::start(settings, tcp, udp, tls, &gateway)
                 .map_err(|source| BindError { addr: bind, source })?;
             open.push(opened);
         }
@@ -114,6 +149,9 @@ struct Open {
     socket: std::net::TcpListener,
     tls: Option<ServerTls>,
     accept: JoinHandle<()>,
+    /// HTTP/3 on the same address, when the listener has `http3` (its UDP socket is
+    /// [`H3Listener::socket`]; the SIGUSR2 hand-over passes it on with the TCP ones).
+    h3: Option<H3Listener>,
 }
 
 /// The `[admin]` listener being served.
@@ -135,6 +173,8 @@ pub(super) enum SocketKind {
     Listener,
     /// The `[admin]` TCP socket.
     Admin,
+    /// An `http3` listener's UDP socket (SPEC §12).
+    H3,
 }
 
 impl SocketKind {
@@ -142,6 +182,7 @@ impl SocketKind {
         match self {
             SocketKind::Listener => "listener",
             SocketKind::Admin => "admin",
+            SocketKind::H3 => "h3",
         }
     }
 }
@@ -166,14 +207,16 @@ impl BoundSocket {
 }
 
 impl Listeners {
-    /// Every socket this process listens on: the `[[listener]]`s in config order, then
-    /// `[admin]`. The one list a hand-over passes to the new process (sockets of other kinds,
-    /// such as HTTP/3's UDP ones, belong here too).
+    /// Every socket this process listens on: the `[[listener]]`s in config order (each TCP
+    /// socket followed by its HTTP/3 UDP one), then `[admin]`. The one list a hand-over passes
+    /// to the new process.
     pub(super) fn sockets(&self) -> io::Result<Vec<BoundSocket>> {
-        let listeners = self
-            .open
-            .iter()
-            .map(|o| BoundSocket::of(SocketKind::Listener, o.local, &o.socket));
+        let listeners = self.open.iter().flat_map(|o| {
+            let tcp = BoundSocket::of(SocketKind::Listener, o.local, &o.socket);
+            let udp =
+                (o.h3.as_ref()).map(|h3| BoundSocket::of(SocketKind::H3, o.local, &h3.socket));
+            std::iter::once(tcp).chain(udp)
+        });
         let admin = self
             .admin
             .iter()
@@ -220,8 +263,9 @@ impl Listeners {
         }
         for (kept, settings) in pairs {
             let next = match kept {
-                Some(open) if open.settings == *settings => {
+                Some(mut open) if open.settings == *settings => {
                     open.reload_certificates();
+                    open.refresh_h3(&self.gateway);
                     Some(open)
                 }
                 Some(open) => Some(open.restart(settings, &self.gateway).await),
@@ -275,16 +319,24 @@ impl Listeners {
 }
 
 impl Open {
-    /// Starts serving `tcp`, logging `listening`.
+    /// Starts serving `tcp` (and QUIC on `udp`), logging `listening`.
     fn start(
         settings: ListenerConfig,
         tcp: TcpListener,
+        udp: Option<std::net::UdpSocket>,
         tls: Option<ServerTls>,
         gateway: &Arc<Gateway>,
     ) -> io::Result<Open> {
         let local = tcp.local_addr()?;
         let socket = tcp.into_std()?;
-        let accept = spawn_accept_loop(&socket, tls.as_ref(), &settings, gateway)?;
+        let h3 = match (udp, &tls) {
+            (Some(udp), Some(tls)) => Some(
+                H3Listener::start(udp, tls, strict_sni(&settings), gateway)
+                    .map_err(io::Error::other)?,
+            ),
+            _ => None,
+        };
+        let accept = spawn_accept_loop(&socket, tls.as_ref(), &settings, local, gateway)?;
         tracing::info!(event = "listening", addr = %local, kind = "listener", "listening");
         Ok(Open {
             settings,
@@ -292,6 +344,7 @@ impl Open {
             socket,
             tls,
             accept,
+            h3,
         })
     }
 
@@ -305,7 +358,12 @@ impl Open {
             }
         };
         let opened = match listener::bind(settings.bind).await {
-            Ok(tcp) => Open::start(settings.clone(), tcp, tls, gateway).map_err(|e| e.to_string()),
+            Ok(tcp) => match udp_for(settings, &tcp) {
+                Ok(udp) => {
+                    Open::start(settings.clone(), tcp, udp, tls, gateway).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e.to_string()),
         };
         opened
@@ -323,7 +381,13 @@ impl Open {
                 return self;
             }
         };
-        let accept = match spawn_accept_loop(&self.socket, tls.as_ref(), settings, gateway) {
+        let accept = match spawn_accept_loop(
+            &self.socket,
+            tls.as_ref(),
+            settings,
+            self.local,
+            gateway,
+        ) {
             Ok(accept) => accept,
             Err(e) => {
                 tracing::error!(listener = %self.local, error = %e, "listener settings not changed");
@@ -334,6 +398,7 @@ impl Open {
         stop(old).await;
         self.settings = settings.clone();
         self.tls = tls;
+        self.restart_h3(gateway);
         tracing::info!(event = "listener_restarted", addr = %self.local, kind = "listener", "listener restarted with new settings");
         self
     }
@@ -347,8 +412,47 @@ impl Open {
         }
     }
 
+    /// A kept listener's QUIC side takes the reloaded limits (and certificates) for new QUIC
+    /// connections.
+    fn refresh_h3(&mut self, gateway: &Arc<Gateway>) {
+        if let (Some(h3), Some(tls)) = (&mut self.h3, &self.tls)
+            && let Err(e) = h3.update(tls, strict_sni(&self.settings), gateway)
+        {
+            tracing::error!(listener = %self.local, error = %e, "HTTP/3 settings not changed");
+        }
+    }
+
+    /// After new settings: HTTP/3 opened, updated or closed to match `http3`.
+    fn restart_h3(&mut self, gateway: &Arc<Gateway>) {
+        let wanted = self.settings.http3 && self.tls.is_some();
+        match (self.h3.take(), &self.tls) {
+            (Some(h3), _) if !wanted => h3.close(),
+            (Some(h3), _) => {
+                self.h3 = Some(h3);
+                self.refresh_h3(gateway);
+            }
+            (None, Some(tls)) if wanted => {
+                let started = h3_listener::bind_udp(self.local)
+                    .map_err(h3_listener::H3Error::from)
+                    .and_then(|udp| {
+                        H3Listener::start(udp, tls, strict_sni(&self.settings), gateway)
+                    });
+                match started {
+                    Ok(h3) => self.h3 = Some(h3),
+                    Err(e) => {
+                        tracing::error!(listener = %self.local, error = %e, "HTTP/3 not opened")
+                    }
+                }
+            }
+            (None, _) => {}
+        }
+    }
+
     /// Stops accepting and closes the socket; accepted connections are not affected.
     async fn close(self) {
+        if let Some(h3) = self.h3 {
+            h3.close();
+        }
         stop(self.accept).await;
         drop(self.socket);
         tracing::info!(event = "listener_closed", addr = %self.local, kind = "listener", "listener closed");
@@ -394,12 +498,18 @@ fn server_tls(settings: &ListenerConfig) -> Result<Option<ServerTls>, crate::tls
         .transpose()
 }
 
-/// Starts an accept loop on a duplicate descriptor of `socket`. Every per-listener setting the
-/// accept loop takes is passed here, so a restarted listener picks all of them up.
+fn strict_sni(settings: &ListenerConfig) -> bool {
+    settings.tls.as_ref().is_some_and(|t| t.strict_sni)
+}
+
+/// Starts an accept loop on a duplicate descriptor of `socket` (bound at `local`). Every
+/// per-listener setting the accept loop takes is passed here, so a restarted listener picks all
+/// of them up.
 fn spawn_accept_loop(
     socket: &std::net::TcpListener,
     tls: Option<&ServerTls>,
     settings: &ListenerConfig,
+    local: SocketAddr,
     gateway: &Arc<Gateway>,
 ) -> io::Result<JoinHandle<()>> {
     let dup = socket.try_clone()?;
@@ -409,8 +519,11 @@ fn spawn_accept_loop(
     Ok(tokio::spawn(listener::accept_loop(
         tcp,
         acceptor,
-        settings.proxy_protocol,
-        settings.tls.as_ref().is_some_and(|t| t.strict_sni),
+        listener::ConnSettings {
+            proxy_protocol: settings.proxy_protocol,
+            strict_sni: strict_sni(settings),
+            alt_svc: (settings.http3 && tls.is_some()).then(|| h3_listener::alt_svc(local.port())),
+        },
         Arc::clone(gateway),
     )))
 }

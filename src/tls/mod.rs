@@ -35,6 +35,9 @@ pub enum TlsError {
     ServerName { name: String },
     #[error("TLS configuration: {0}")]
     Config(rustls::Error),
+    /// The rustls config cannot carry QUIC (no TLS 1.3 cipher suite QUIC's initial keys need).
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
 }
 
 /// The only protocol versions spoken, on both sides (SPEC §6).
@@ -43,6 +46,7 @@ static VERSIONS: &[&SupportedProtocolVersion] = &[&TLS13, &TLS12];
 /// RFC 7301 protocol IDs.
 const ALPN_H2: &[u8] = b"h2";
 const ALPN_HTTP11: &[u8] = b"http/1.1";
+const ALPN_H3: &[u8] = b"h3";
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

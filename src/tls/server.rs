@@ -9,7 +9,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::pem::load_certified_key;
-use super::{ALPN_H2, ALPN_HTTP11, TlsError, VERSIONS, provider};
+use super::{ALPN_H2, ALPN_H3, ALPN_HTTP11, TlsError, VERSIONS, provider};
 use crate::config::TlsConfig;
 
 /// A TLS listener's rustls configuration whose certificates can be swapped on SIGHUP without
@@ -55,6 +55,20 @@ impl ServerTls {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = certs;
         Ok(())
+    }
+
+    /// The QUIC side of this listener (SPEC §12): the same certificates and SNI rules (one
+    /// resolver, so [`ServerTls::reload`] swaps them for QUIC too), TLS 1.3 only (RFC 9001 §4.2)
+    /// and ALPN `h3` (RFC 9114 §3.1).
+    pub(crate) fn quic(&self) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = vec![ALPN_H3.to_vec()];
+        quinn::crypto::rustls::QuicServerConfig::try_from(config)
+            .map_err(|e| TlsError::Quic(e.to_string()))
     }
 
     /// An acceptor for this listener; cheap (an `Arc` clone), and it follows later reloads.

@@ -38,6 +38,11 @@ const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// it; the upstream gets the origin form and the client's `Host`.
 pub(crate) const HTTP_AUTHORITY: &str = "upstream";
 
+/// A request body to forward: hyper's `Incoming` on HTTP/1.1 and h2, the request stream's DATA
+/// on HTTP/3, boxed so that one client serves every front.
+pub(crate) type ForwardBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
 /// The keep-alive client of one pool: hyper-util's connection pool over [`PoolConnector`].
 pub(crate) type HttpClient = Client<PoolConnector, ProgressBody>;
 
@@ -89,7 +94,7 @@ pub(crate) fn client(pool: &Arc<Pool>, connect_timeout: Duration) -> HttpClient 
 pub(crate) async fn forward(
     client: &HttpClient,
     name: &str,
-    mut request: Request<Incoming>,
+    mut request: Request<ForwardBody>,
     affinity: Option<String>,
     stall_limit: Duration,
 ) -> Result<Response<Incoming>, Reject> {
@@ -258,19 +263,19 @@ pin_project_lite::pin_project! {
     #[derive(Debug)]
     pub(crate) struct ProgressBody {
         #[pin]
-        inner: Incoming,
+        inner: ForwardBody,
         progress: Arc<Progress>,
     }
 }
 
 impl Body for ProgressBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
         if frame.is_ready() {

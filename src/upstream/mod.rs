@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::proxy_protocol::ProxiedAddrs;
 use crate::shutdown::Shutdown;
 
-pub(crate) use self::http::HTTP_AUTHORITY;
+pub(crate) use self::http::{ForwardBody, HTTP_AUTHORITY};
 pub(crate) use self::pool::{Pool, PoolError, ServerLease};
 pub(crate) use self::service::{ServiceClient, service_client};
 pub(crate) use self::upgrade::{Answer, RelayBody};
@@ -146,7 +146,7 @@ impl Upstreams {
     pub(crate) async fn forward(
         &self,
         name: &str,
-        request: Request<Incoming>,
+        request: Request<ForwardBody>,
         key: Option<u64>,
     ) -> Result<Response<Incoming>, Reject> {
         let client = self.http.get(name).ok_or(Reject::UpstreamUnreachable)?;

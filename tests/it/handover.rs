@@ -789,3 +789,70 @@ async fn bounded_for<F: std::future::Future>(name: &str, limit: Duration, body: 
         Err(_) => panic!("{name}: did not finish within {limit:?}"),
     }
 }
+
+/// SPEC §12 with §11: the UDP socket of an `http3` listener moves to the new process like the
+/// TCP ones; the old process's QUIC connections cannot, so they get GOAWAY and are closed
+/// soon after the hand-over (their tunnels with them), and a new QUIC connection is served
+/// by the new process. The old process then exits 0 without waiting for `drain_timeout`.
+#[tokio::test]
+async fn h3_connections_close_and_the_udp_socket_moves() {
+    use crate::support::h3_client::H3Conn;
+    bounded_for("handover::h3", HANDOVER_TIMEOUT, async {
+        let ups = tagged_upstreams().await;
+        let h3_config = |generation: usize| {
+            let tls = ListenerTls::new(&dev_cert("server.pem"), &dev_cert("server-key.pem"))
+                .http2(true)
+                .http3(true);
+            let mut builder = ConfigBuilder::new()
+                .tls(tls)
+                .admin()
+                .route(Route::new("/ws").fallback(&format!("u{generation}")))
+                .limit("drain_timeout", "\"30s\"");
+            for (i, up) in ups.iter().enumerate() {
+                builder = builder.upstream(&format!("u{i}"), &[up.addr()]);
+            }
+            builder
+        };
+        let mut gw = h3_config(0).start().await;
+        let old = gw.pid();
+        let mut conn = H3Conn::connect(gw.addr()).await;
+        let (res, mut tunnel) = conn.connect_ws("/ws", None).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(tunnel.recv_exact(4).await, TAGS[0]);
+
+        let (new, ready) = hand_over(&gw, old, &h3_config(1).build()).await;
+        assert!(
+            conn.goaway_within(Duration::from_secs(5)).await,
+            "no GOAWAY from the old process"
+        );
+        assert!(
+            conn.closed_within(Duration::from_secs(5)).await.is_some(),
+            "the old process's QUIC connection is still open 5 s after the hand-over"
+        );
+        // The old endpoint may read a few of the new connection's packets before it closes;
+        // QUIC retransmits them.
+        let mut served = None;
+        while served.is_none() && ready.elapsed() < Duration::from_secs(10) {
+            let Ok(mut c) = H3Conn::connect_as(gw.addr(), "localhost", &dev_cert("ca.pem")).await
+            else {
+                continue;
+            };
+            let (res, mut s) = c.connect_ws("/ws", None).await;
+            if res.status() == 200 {
+                served = Some(s.recv_exact(4).await);
+            }
+        }
+        assert_eq!(
+            served.as_deref(),
+            Some(&TAGS[1][..]),
+            "a new QUIC connection"
+        );
+        let status = gw.wait_exit(IO_TIMEOUT).await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "old process: {status:?}"
+        );
+        assert!(alive(new.pid));
+    })
+    .await;
+}

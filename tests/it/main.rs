@@ -14,6 +14,7 @@ mod cli;
 mod demo;
 mod h2;
 mod h2_limits;
+mod h3;
 mod handover;
 mod handshake;
 mod hostile;

@@ -274,6 +274,41 @@ async fn an_inherited_udp_socket_without_http3_is_exit_2() {
     .await;
 }
 
+/// SPEC §11/§12: an inherited UDP socket (fd 3, before the TCP one) is matched by address to
+/// the `http3` listener and serves QUIC; the test keeps both sockets, so the gateway cannot have
+/// bound that address again.
+#[tokio::test]
+async fn an_inherited_udp_socket_serves_http3() {
+    bounded("an_inherited_udp_socket_serves_http3", async {
+        let up = RawUpstream::start(accept_then_echo(b"")).await;
+        let tcp = listening("127.0.0.1");
+        let addr = tcp.local_addr().unwrap();
+        let udp = UdpSocket::bind(addr).expect("UDP on the same address");
+        let tls =
+            ListenerTls::new(&dev_cert("server.pem"), &dev_cert("server-key.pem")).http3(true);
+        let text = ConfigBuilder::new()
+            .tls(tls)
+            .upstream("app", &[up.addr()])
+            .route(Route::new("/ws").sub("echo", "app").fallback("app"))
+            .build()
+            .replacen(
+                "bind = \"127.0.0.1:0\"",
+                &format!("bind = {}", q(&addr.to_string())),
+                1,
+            );
+        let gw = start_activated(&text, vec![dup(&udp), dup(&tcp)]).await;
+        let events = inherited_events(&gw);
+        assert!(events.contains(&(3, addr.to_string())), "{events:?}");
+        assert!(events.contains(&(4, addr.to_string())), "{events:?}");
+        let mut conn = crate::support::h3_client::H3Conn::connect(addr).await;
+        let (res, mut s) = conn.connect_ws("/ws", Some("echo")).await;
+        assert_eq!(res.status(), 200, "{res:?}");
+        s.send(b"over-quic").await;
+        assert_eq!(s.recv_exact(9).await, b"over-quic");
+    })
+    .await;
+}
+
 /// A descriptor that is no socket at all is exit 2 too, naming it.
 #[tokio::test]
 async fn an_inherited_fd_that_is_not_a_socket_is_exit_2() {

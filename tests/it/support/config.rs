@@ -349,6 +349,7 @@ pub struct ListenerTls {
     /// (names, cert, key) per `sni` entry.
     sni: Vec<(Vec<String>, PathBuf, PathBuf)>,
     http2: Option<bool>,
+    http3: bool,
     strict_sni: Option<bool>,
 }
 
@@ -360,6 +361,7 @@ impl ListenerTls {
             key: key.to_path_buf(),
             sni: Vec::new(),
             http2: None,
+            http3: false,
             strict_sni: None,
         }
     }
@@ -390,6 +392,12 @@ impl ListenerTls {
         self
     }
 
+    /// The listener's `http3` key (SPEC §12).
+    pub fn http3(mut self, on: bool) -> ListenerTls {
+        self.http3 = on;
+        self
+    }
+
     /// The listener's `tls.strict_sni` key.
     pub fn strict_sni(mut self, on: bool) -> ListenerTls {
         self.strict_sni = Some(on);
@@ -401,6 +409,9 @@ impl ListenerTls {
         let path = |p: &Path| q(&p.to_string_lossy());
         if let Some(on) = self.http2 {
             out.push_str(&format!("http2 = {on}\n"));
+        }
+        if self.http3 {
+            out.push_str("http3 = true\n");
         }
         out.push_str(&format!(
             "[listener.tls]\ncert = {}\nkey = {}\n",

@@ -302,6 +302,8 @@ impl Gateway {
                 match event_str(ev, "kind") {
                     Some("listener") => listeners.push(addr),
                     Some("admin") => admin = Some(addr),
+                    // An http3 listener's QUIC side, at its TCP address (logged first).
+                    Some("h3") => {}
                     other => return Err(format!("`listening` event with kind {other:?}: {ev}")),
                 }
             }

@@ -21,6 +21,7 @@
 //! - [`h2_client`]: the RFC 8441 client over the `h2` crate
 //! - [`h2_frames`]: raw h2 frames over TLS, for floods and silence the `h2` crate would not send
 //! - [`auth_service`]: a forward-auth service (SPEC §10) and JWT signing keys with their JWKS
+//! - [`h3_client`]: the RFC 9220 client over quinn and the gateway's h3 layer
 
 pub mod auth_service;
 pub mod client;
@@ -30,6 +31,7 @@ pub mod frames;
 pub mod gateway;
 pub mod h2_client;
 pub mod h2_frames;
+pub mod h3_client;
 pub mod heads;
 pub mod net;
 pub mod raw_upstream;
