@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use client::Target;
-use multiplexed::MuxConn;
+use multiplexed::{MuxConn, MuxReader, MuxWriter};
 use procstat::Usage;
 
 /// `switchyard bench MODE ...`.
@@ -520,14 +520,7 @@ async fn bulk(
 
 /// One tunnel over h2/h3 sending one masked frame at a time and waiting for its echo.
 async fn echo_mux(target: &Target, size: usize, stop: &AtomicBool) -> Load {
-    let Some((tls, h3)) = &target.mux else {
-        return (0, 1, Vec::new());
-    };
-    let opened = match MuxConn::connect(target, Arc::clone(tls), *h3).await {
-        Ok(mut conn) => conn.open(target).await.map(|tunnel| (conn, tunnel)),
-        Err(e) => Err(e),
-    };
-    let Ok((_conn, (mut w, mut r))) = opened else {
+    let Some((_conn, (mut w, mut r))) = open_mux(target).await else {
         return (0, 1, Vec::new());
     };
     let frame = bytes::Bytes::from(client::masked_frame(size));
@@ -545,14 +538,7 @@ async fn echo_mux(target: &Target, size: usize, stop: &AtomicBool) -> Load {
 
 /// One tunnel over h2/h3 streaming frames while its echo is read back.
 async fn bulk_mux(target: &Target, size: usize, stop: &Arc<AtomicBool>) -> Load {
-    let Some((tls, h3)) = &target.mux else {
-        return (0, 1, Vec::new());
-    };
-    let opened = match MuxConn::connect(target, Arc::clone(tls), *h3).await {
-        Ok(mut conn) => conn.open(target).await.map(|tunnel| (conn, tunnel)),
-        Err(e) => Err(e),
-    };
-    let Ok((_conn, (mut w, mut r))) = opened else {
+    let Some((_conn, (mut w, mut r))) = open_mux(target).await else {
         return (0, 1, Vec::new());
     };
     let writer = {
@@ -579,6 +565,15 @@ async fn bulk_mux(target: &Target, size: usize, stop: &Arc<AtomicBool>) -> Load 
     }
     writer.abort();
     (echoed, 0, Vec::new())
+}
+
+/// A fresh h2/h3 connection to `target` with one tunnel open on it (the connection must
+/// outlive the tunnel's halves); `None` when either fails.
+async fn open_mux(target: &Target) -> Option<(MuxConn, (MuxWriter, MuxReader))> {
+    let (tls, h3) = target.mux.as_ref()?;
+    let mut conn = MuxConn::connect(target, Arc::clone(tls), *h3).await.ok()?;
+    let tunnel = conn.open(target).await.ok()?;
+    Some((conn, tunnel))
 }
 
 async fn idle(common: &Common, tunnels: usize, sources: u8) -> Result<Report, BenchError> {

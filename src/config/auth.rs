@@ -7,80 +7,53 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use http::{HeaderName, Uri};
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 
 use super::defaults;
-use super::duration;
 use super::locate::KeyPath;
 use super::model::{AuthConfig, ForwardAuth, JwtAuth, ServerAddr, TokenSource};
-use super::raw::{RawAuth, RawDuration, RawForwardAuth, RawJwtAuth};
+use super::raw::{RawAuth, RawForwardAuth, RawJwtAuth};
 use super::syntax::is_token;
-use super::validate::Problem;
+use super::validate::Validator;
 
-/// Every `[auth.NAME]` of the file; problems go to `problems`. A table with a problem is left
-/// out (the caller returns `Err` anyway).
-pub(super) fn auths(
-    at: &KeyPath,
-    raw: &BTreeMap<String, RawAuth>,
-    base: &Path,
-    problems: &mut Vec<Problem>,
-) -> BTreeMap<String, AuthConfig> {
-    let mut out = BTreeMap::new();
-    for (name, table) in raw {
-        let at = at.key(name);
-        let mut v = Auth {
-            problems: Vec::new(),
-            base,
-        };
-        let config = match (&table.forward, &table.jwt) {
-            (Some(f), None) => Some(AuthConfig::Forward(v.forward(&at.key("forward"), f))),
-            (None, Some(j)) => Some(AuthConfig::Jwt(v.jwt(&at.key("jwt"), j))),
-            (Some(_), Some(_)) => {
-                v.bad(
-                    &at,
-                    format!("[auth.{name}] has both forward and jwt: keep exactly one"),
-                );
-                None
+impl Validator<'_> {
+    /// Every `[auth.NAME]` of the file. A table with a problem is left out (the caller returns
+    /// `Err` anyway).
+    pub(super) fn auths(
+        &mut self,
+        at: &KeyPath,
+        raw: &BTreeMap<String, RawAuth>,
+    ) -> BTreeMap<String, AuthConfig> {
+        let mut out = BTreeMap::new();
+        for (name, table) in raw {
+            let at = at.key(name);
+            let before = self.problems.len();
+            let config = match (&table.forward, &table.jwt) {
+                (Some(f), None) => Some(AuthConfig::Forward(self.forward(&at.key("forward"), f))),
+                (None, Some(j)) => Some(AuthConfig::Jwt(self.jwt(&at.key("jwt"), j))),
+                (Some(_), Some(_)) => {
+                    self.bad(
+                        &at,
+                        format!("[auth.{name}] has both forward and jwt: keep exactly one"),
+                    );
+                    None
+                }
+                (None, None) => {
+                    self.bad(
+                        &at,
+                        format!("[auth.{name}] has neither forward nor jwt: set exactly one"),
+                    );
+                    None
+                }
+            };
+            if let (Some(config), true) = (config, self.problems.len() == before) {
+                out.insert(name.clone(), config);
             }
-            (None, None) => {
-                v.bad(
-                    &at,
-                    format!("[auth.{name}] has neither forward nor jwt: set exactly one"),
-                );
-                None
-            }
-        };
-        let failed = !v.problems.is_empty();
-        problems.append(&mut v.problems);
-        if let (Some(config), false) = (config, failed) {
-            out.insert(name.clone(), config);
         }
-    }
-    out
-}
-
-struct Auth<'a> {
-    problems: Vec<Problem>,
-    base: &'a Path,
-}
-
-impl Auth<'_> {
-    fn bad(&mut self, at: &KeyPath, problem: impl Into<String>) {
-        self.problems.push((at.clone(), problem.into()));
-    }
-
-    fn duration(&mut self, at: &KeyPath, raw: Option<&RawDuration>, default: Duration) -> Duration {
-        match raw {
-            None => default,
-            Some(text) => duration::parse(&text.0).unwrap_or_else(|problem| {
-                self.bad(at, problem);
-                default
-            }),
-        }
+        out
     }
 
     /// A list of header names, lower-cased; `None` is `default`.
@@ -201,7 +174,7 @@ impl Auth<'_> {
     }
 
     fn jwt(&mut self, at: &KeyPath, raw: &RawJwtAuth) -> JwtAuth {
-        let jwks = self.base.join(&raw.jwks);
+        let jwks = self.resolve(&raw.jwks);
         let keys = match load_jwks(&jwks) {
             Ok(keys) => keys,
             Err(problem) => {

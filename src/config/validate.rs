@@ -71,7 +71,7 @@ pub(super) fn validate(
     let limits = v.limits(&root.key("limits"), &raw.limits);
     let upstreams = v.upstreams(&root.key("upstreams"), &raw.upstreams);
     let routes = v.routes(&root.key("route"), &raw.route, &raw.upstreams);
-    let auth = super::auth::auths(&root.key("auth"), &raw.auth, base, &mut v.problems);
+    let auth = v.auths(&root.key("auth"), &raw.auth);
     v.auth_refs(&root.key("route"), raw);
     v.claim_keys(&root.key("route"), &routes, &upstreams, &auth);
     if !v.problems.is_empty() {
@@ -89,18 +89,19 @@ pub(super) fn validate(
     })
 }
 
-struct Validator<'a> {
-    problems: Vec<Problem>,
+/// Collects every problem of one file (the `[auth.NAME]` rules live in `auth.rs`).
+pub(super) struct Validator<'a> {
+    pub(super) problems: Vec<Problem>,
     base: &'a Path,
 }
 
 impl Validator<'_> {
-    fn bad(&mut self, at: &KeyPath, problem: impl Into<String>) {
+    pub(super) fn bad(&mut self, at: &KeyPath, problem: impl Into<String>) {
         self.problems.push((at.clone(), problem.into()));
     }
 
     /// A file name from the config, relative to the config file's directory.
-    fn resolve(&self, file: &str) -> PathBuf {
+    pub(super) fn resolve(&self, file: &str) -> PathBuf {
         self.base.join(file)
     }
 
@@ -405,7 +406,12 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&mut self, at: &KeyPath, raw: Option<&RawDuration>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        at: &KeyPath,
+        raw: Option<&RawDuration>,
+        default: Duration,
+    ) -> Duration {
         match raw {
             None => default,
             Some(text) => duration::parse(&text.0).unwrap_or_else(|problem| {

@@ -10,7 +10,7 @@
 
 use http::header::CONNECTION;
 use http::request::Parts;
-use http::{HeaderValue, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri};
 
 use super::Conn;
 use super::tunnels::TunnelPlan;
@@ -21,7 +21,7 @@ use crate::handshake::{self, ForwardInfo, Upgrade};
 use crate::io;
 use crate::limits::ConnPermit;
 use crate::tunnel::Leg;
-use crate::upstream::{Answer, RelayBody, ServerLease};
+use crate::upstream::{Answer, ForwardBody, RelayBody, ServerLease};
 
 /// What a request became, for its front to answer.
 pub(crate) enum Outcome {
@@ -228,4 +228,24 @@ fn with_path_and_query(uri: &Uri, path_and_query: &str) -> Result<Uri, Reject> {
     let mut p = uri.clone().into_parts();
     p.path_and_query = Some(path_and_query.parse().map_err(|_| Reject::MalformedHead)?);
     Uri::from_parts(p).map_err(|_| Reject::MalformedHead)
+}
+
+/// The request an ordinary request becomes for its route's `http` upstream, whatever carrier
+/// brought it. The URI's authority only keys the keep-alive client's connection pool (whose
+/// connector picks the server), so the upstream sees the origin form (RFC 9112 §3.2.1); Host,
+/// X-Forwarded-* and Forwarded come from `fwd`, and hop-by-hop headers are dropped.
+pub(super) fn plain_request(
+    parts: &Parts,
+    body: ForwardBody,
+    fwd: &ForwardInfo<'_>,
+) -> Result<Request<ForwardBody>, Reject> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = format!("http://{}{path}", crate::upstream::HTTP_AUTHORITY)
+        .parse::<Uri>()
+        .map_err(|_| Reject::MalformedHead)?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = handshake::forward_headers(&parts.headers, fwd);
+    Ok(request)
 }

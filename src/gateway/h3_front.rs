@@ -12,7 +12,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use h3::error::Code;
 use http::request::Parts;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 
@@ -22,7 +22,7 @@ use crate::access::AccessRecord;
 use crate::error::{Carrier, Reject};
 use crate::handshake::{self, ForwardInfo};
 use crate::io::{self, H3RequestStream};
-use crate::upstream::{self, ForwardBody};
+use crate::upstream::ForwardBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -86,8 +86,8 @@ impl Conn {
     }
 
     /// Reverse-proxies an ordinary request to the `http` upstream `name` (by `key` for a hash
-    /// pool), as on h2: the request
-    /// stream's DATA is the request body, the upstream's answer goes out as HEADERS and DATA.
+    /// pool), as on h2: the request stream's DATA is the request body, the upstream's answer
+    /// goes out as HEADERS and DATA.
     async fn proxy_plain_h3(
         &self,
         parts: &Parts,
@@ -97,17 +97,10 @@ impl Conn {
         fwd: &ForwardInfo<'_>,
     ) {
         let (mut send, recv) = stream.split();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let response = match format!("http://{}{path}", upstream::HTTP_AUTHORITY).parse::<Uri>() {
-            Err(_) => Err(Reject::MalformedHead),
-            Ok(uri) => {
-                let body: ForwardBody = RequestBody(recv).boxed_unsync();
-                let mut request = Request::new(body);
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = uri;
-                *request.headers_mut() = handshake::forward_headers(&parts.headers, fwd);
-                self.runtime.upstreams.forward(name, request, key).await
-            }
+        let body: ForwardBody = RequestBody(recv).boxed_unsync();
+        let response = match super::dispatch::plain_request(parts, body, fwd) {
+            Err(reject) => Err(reject),
+            Ok(request) => self.runtime.upstreams.forward(name, request, key).await,
         };
         match response {
             Ok(response) => {

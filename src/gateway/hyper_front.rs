@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::header::ALT_SVC;
 use http::request::Parts;
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -20,7 +20,6 @@ use crate::error::Reject;
 use crate::handshake::{self, ForwardInfo};
 use crate::io;
 use crate::tunnel::Leg;
-use crate::upstream;
 
 impl Conn {
     /// The hyper service: never fails, every problem is an HTTP answer.
@@ -111,17 +110,11 @@ impl Conn {
         key: Option<u64>,
         fwd: &ForwardInfo<'_>,
     ) -> Response<ProxyBody> {
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        // The authority only keys the client's connection pool; the pool's connector picks the
-        // server and the upstream sees the origin form (RFC 9112 §3.2.1).
-        let Ok(uri) = format!("http://{}{path}", upstream::HTTP_AUTHORITY).parse::<Uri>() else {
-            return rejected(&Reject::MalformedHead, self);
+        let body = body.map_err(Into::into).boxed_unsync();
+        let request = match super::dispatch::plain_request(parts, body, fwd) {
+            Ok(request) => request,
+            Err(reject) => return rejected(&reject, self),
         };
-        let mut request = Request::new(body.map_err(Into::into).boxed_unsync());
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        // Host, X-Forwarded-* and Forwarded come from `fwd`; hop-by-hop headers are dropped.
-        *request.headers_mut() = handshake::forward_headers(&parts.headers, fwd);
         match self.runtime.upstreams.forward(name, request, key).await {
             Err(reject) => rejected(&reject, self),
             Ok(response) => {
