@@ -65,6 +65,7 @@ impl Conn {
         protocol: Option<&str>,
         rec: &mut AccessRecord,
     ) -> Result<Outcome, Reject> {
+        rec.path = (parts.uri.path_and_query().map_or("/", |p| p.as_str())).to_owned();
         let carrier = self.carrier;
         handshake::check_method_form(parts, carrier)?;
         let host = handshake::request_host(parts, carrier)?.to_owned();
@@ -114,11 +115,7 @@ impl Conn {
         }
         rec.subprotocol = upgrade.subprotocol().map(str::to_owned);
         rec.upstream = Some(upgrade.upstream().to_owned());
-        let fwd = ForwardInfo {
-            client: self.client,
-            tls: self.tls,
-            host: &host,
-        };
+        let fwd = self.forward_info(&host);
         // SPEC §6 "h2 limits": a tunnel stream counts like a connection (and against the rate),
         // admitted before anything is dialed; a refusal answers this stream only.
         let stream_permit = if carrier.extended_connect() {
@@ -230,22 +227,35 @@ fn with_path_and_query(uri: &Uri, path_and_query: &str) -> Result<Uri, Reject> {
     Uri::from_parts(p).map_err(|_| Reject::MalformedHead)
 }
 
-/// The request an ordinary request becomes for its route's `http` upstream, whatever carrier
-/// brought it. The URI's authority only keys the keep-alive client's connection pool (whose
-/// connector picks the server), so the upstream sees the origin form (RFC 9112 §3.2.1); Host,
-/// X-Forwarded-* and Forwarded come from `fwd`, and hop-by-hop headers are dropped.
-pub(super) fn plain_request(
-    parts: &Parts,
-    body: ForwardBody,
-    fwd: &ForwardInfo<'_>,
-) -> Result<Request<ForwardBody>, Reject> {
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = format!("http://{}{path}", crate::upstream::HTTP_AUTHORITY)
-        .parse::<Uri>()
-        .map_err(|_| Reject::MalformedHead)?;
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
-    *request.headers_mut() = handshake::forward_headers(&parts.headers, fwd);
-    Ok(request)
+impl Conn {
+    /// What the upstream request's Host and X-Forwarded-* / Forwarded say of this client.
+    fn forward_info<'a>(&self, host: &'a str) -> ForwardInfo<'a> {
+        ForwardInfo {
+            client: self.client,
+            tls: self.tls,
+            host,
+        }
+    }
+
+    /// The request an ordinary request for `host` becomes for its route's `http` upstream,
+    /// whatever carrier brought it. The URI's authority only keys the keep-alive client's
+    /// connection pool (whose connector picks the server), so the upstream sees the origin form
+    /// (RFC 9112 §3.2.1); hop-by-hop headers are dropped.
+    pub(super) fn plain_request(
+        &self,
+        parts: &Parts,
+        body: ForwardBody,
+        host: &str,
+    ) -> Result<Request<ForwardBody>, Reject> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri = format!("http://{}{path}", crate::upstream::HTTP_AUTHORITY)
+            .parse::<Uri>()
+            .map_err(|_| Reject::MalformedHead)?;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() =
+            handshake::forward_headers(&parts.headers, &self.forward_info(host));
+        Ok(request)
+    }
 }

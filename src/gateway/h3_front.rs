@@ -20,7 +20,7 @@ use super::Conn;
 use super::dispatch::Outcome;
 use crate::access::AccessRecord;
 use crate::error::{Carrier, Reject};
-use crate::handshake::{self, ForwardInfo};
+use crate::handshake;
 use crate::io::{self, H3RequestStream};
 use crate::upstream::ForwardBody;
 
@@ -32,11 +32,6 @@ impl Conn {
     pub(crate) async fn handle_h3(self: Arc<Self>, req: Request<()>, mut stream: H3RequestStream) {
         let mut rec = AccessRecord::new(self.client, "HTTP/3");
         let (mut parts, ()) = req.into_parts();
-        rec.path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
         let protocol = parts
             .extensions
             .get::<h3::ext::Protocol>()
@@ -50,13 +45,8 @@ impl Conn {
                 host,
                 key,
             }) => {
-                let fwd = ForwardInfo {
-                    client: self.client,
-                    tls: self.tls,
-                    host: &host,
-                };
                 return self
-                    .proxy_plain_h3(&parts, stream, &upstream, key, &fwd)
+                    .proxy_plain_h3(&parts, stream, &upstream, key, &host)
                     .await;
             }
             Ok(Outcome::Refused(response)) => {
@@ -94,11 +84,11 @@ impl Conn {
         stream: H3RequestStream,
         name: &str,
         key: Option<u64>,
-        fwd: &ForwardInfo<'_>,
+        host: &str,
     ) {
         let (mut send, recv) = stream.split();
         let body: ForwardBody = RequestBody(recv).boxed_unsync();
-        let response = match super::dispatch::plain_request(parts, body, fwd) {
+        let response = match self.plain_request(parts, body, host) {
             Err(reject) => Err(reject),
             Ok(request) => self.runtime.upstreams.forward(name, request, key).await,
         };

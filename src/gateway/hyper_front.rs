@@ -17,7 +17,7 @@ use super::dispatch::Outcome;
 use super::{Conn, ProxyBody};
 use crate::access::AccessRecord;
 use crate::error::Reject;
-use crate::handshake::{self, ForwardInfo};
+use crate::handshake;
 use crate::io;
 use crate::tunnel::Leg;
 
@@ -43,11 +43,6 @@ impl Conn {
         };
         let mut rec = AccessRecord::new(self.client, version);
         let (mut parts, body) = req.into_parts();
-        rec.path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
         let protocol = parts
             .extensions
             .get::<hyper::ext::Protocol>()
@@ -61,12 +56,7 @@ impl Conn {
                 host,
                 key,
             }) => {
-                let fwd = ForwardInfo {
-                    client: self.client,
-                    tls: self.tls,
-                    host: &host,
-                };
-                return self.proxy_plain(&parts, body, &upstream, key, &fwd).await;
+                return self.proxy_plain(&parts, body, &upstream, key, &host).await;
             }
             Ok(Outcome::Refused(response)) => response.map(|b| b.map_err(Into::into).boxed()),
             Ok(Outcome::Switched(switched)) => {
@@ -108,10 +98,10 @@ impl Conn {
         body: Incoming,
         name: &str,
         key: Option<u64>,
-        fwd: &ForwardInfo<'_>,
+        host: &str,
     ) -> Response<ProxyBody> {
         let body = body.map_err(Into::into).boxed_unsync();
-        let request = match super::dispatch::plain_request(parts, body, fwd) {
+        let request = match self.plain_request(parts, body, host) {
             Ok(request) => request,
             Err(reject) => return rejected(&reject, self),
         };

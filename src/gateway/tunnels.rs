@@ -285,44 +285,30 @@ mod tests {
         gateway.replace_runtime(Runtime::new(config, &gateway.metrics).unwrap());
     }
 
-    /// A drain beginning ends every inspected tunnel politely, with `Drain`.
+    /// A drain beginning ends every inspected tunnel politely: with `Drain`, or with `Restart`
+    /// when the drain follows a SIGUSR2 hand-over.
     #[tokio::test]
-    async fn polite_end_is_drain_when_a_drain_begins() {
-        let dir = test_dir();
-        let gateway = gateway_for_tests(config(&dir, "a.toml", ROUTES));
-        let tunnel = routed(&gateway, "/ws", Via::Fallback);
-        let polite = tokio::spawn(polite_end(
-            gateway.shutdown.clone(),
-            gateway.runtime_changes(),
-            tunnel,
-        ));
-        tokio::task::yield_now().await;
-        assert!(!polite.is_finished());
-        let shutdown = gateway.shutdown.clone();
-        let _drain = tokio::spawn(async move { shutdown.drain(Duration::from_secs(60)).await });
-        let end = timeout(LIMIT, polite).await.unwrap().unwrap();
-        assert_eq!(end, PoliteEnd::Drain);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// The drain after a SIGUSR2 hand-over ends every inspected tunnel with `Restart`.
-    #[tokio::test]
-    async fn polite_end_is_restart_when_the_drain_follows_a_hand_over() {
-        let dir = test_dir();
-        let gateway = gateway_for_tests(config(&dir, "a.toml", ROUTES));
-        let tunnel = routed(&gateway, "/ws", Via::Fallback);
-        let polite = tokio::spawn(polite_end(
-            gateway.shutdown.clone(),
-            gateway.runtime_changes(),
-            tunnel,
-        ));
-        tokio::task::yield_now().await;
-        let shutdown = gateway.shutdown.clone();
-        shutdown.hand_over();
-        let _drain = tokio::spawn(async move { shutdown.drain(Duration::from_secs(60)).await });
-        let end = timeout(LIMIT, polite).await.unwrap().unwrap();
-        assert_eq!(end, PoliteEnd::Restart);
-        let _ = std::fs::remove_dir_all(dir);
+    async fn polite_end_is_drain_or_restart_when_a_drain_begins() {
+        for (hand_over, want) in [(false, PoliteEnd::Drain), (true, PoliteEnd::Restart)] {
+            let dir = test_dir();
+            let gateway = gateway_for_tests(config(&dir, "a.toml", ROUTES));
+            let tunnel = routed(&gateway, "/ws", Via::Fallback);
+            let polite = tokio::spawn(polite_end(
+                gateway.shutdown.clone(),
+                gateway.runtime_changes(),
+                tunnel,
+            ));
+            tokio::task::yield_now().await;
+            assert!(!polite.is_finished(), "hand_over {hand_over}");
+            let shutdown = gateway.shutdown.clone();
+            if hand_over {
+                shutdown.hand_over();
+            }
+            let _drain = tokio::spawn(async move { shutdown.drain(Duration::from_secs(60)).await });
+            let end = timeout(LIMIT, polite).await.unwrap().unwrap();
+            assert_eq!(end, want, "hand_over {hand_over}");
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     /// Reloads that keep the tunnel's route and mapping leave it alone; the first one that

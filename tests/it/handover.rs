@@ -546,6 +546,21 @@ async fn invalid_config_old_process_carries_on() {
     .await;
 }
 
+/// Sends SIGUSR2 to `old` with `gw`'s config file replaced by a FIFO, so the new process blocks
+/// reading its config (before it can report ready) until the test writes into the FIFO. The
+/// FIFO's path, the log mark before the signal, and the new process (killed on drop).
+async fn held_hand_over(gw: &Gateway, old: u32) -> (std::path::PathBuf, usize, u32, KillOnDrop) {
+    let fifo = gw.config_path().to_path_buf();
+    std::fs::remove_file(&fifo).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
+    let mark = gw.log_mark();
+    kill("-USR2", old);
+    let started = gw.wait_event_after(mark, "hand_over", IO_TIMEOUT).await;
+    let pid = u32::try_from(started["new_pid"].as_u64().unwrap()).unwrap();
+    (fifo, mark, pid, KillOnDrop(pid))
+}
+
 /// A second SIGUSR2 while a new process is starting is ignored (logged): one new process only.
 /// The new process is held before it can report ready: the config file is a FIFO, which it
 /// blocks reading until the test writes the config into it (the old process read its own config
@@ -557,16 +572,7 @@ async fn second_sigusr2_while_one_is_in_flight_is_ignored() {
         let mut gw = config(&ups, 0, &[], &[]).start().await;
         let old = gw.pid();
         let next = pinned(&config(&ups, 1, &[], &[]).build(), &gw);
-        let fifo = gw.config_path().to_path_buf();
-        std::fs::remove_file(&fifo).unwrap();
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
-        assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
-
-        let mark = gw.log_mark();
-        kill("-USR2", old);
-        let started = gw.wait_event_after(mark, "hand_over", IO_TIMEOUT).await;
-        let pid = u32::try_from(started["new_pid"].as_u64().unwrap()).unwrap();
-        let _guard = KillOnDrop(pid);
+        let (fifo, mark, pid, _guard) = held_hand_over(&gw, old).await;
         kill("-USR2", old);
         let ignored = gw
             .wait_event_after(mark, "hand_over_ignored", IO_TIMEOUT)
@@ -614,16 +620,7 @@ async fn sigterm_during_a_hand_over_kills_the_new_process() {
         let ups = tagged_upstreams().await;
         let mut gw = config(&ups, 0, &[], &[]).start().await;
         let old = gw.pid();
-        let fifo = gw.config_path().to_path_buf();
-        std::fs::remove_file(&fifo).unwrap();
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
-        assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", fifo.display());
-
-        let mark = gw.log_mark();
-        kill("-USR2", old);
-        let started = gw.wait_event_after(mark, "hand_over", IO_TIMEOUT).await;
-        let pid = u32::try_from(started["new_pid"].as_u64().unwrap()).unwrap();
-        let _guard = KillOnDrop(pid);
+        let (_fifo, mark, pid, _guard) = held_hand_over(&gw, old).await;
         kill("-TERM", old);
         let failed = gw
             .wait_event_after(mark, "hand_over_failed", IO_TIMEOUT)
