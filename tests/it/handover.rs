@@ -145,20 +145,15 @@ async fn hand_over(gw: &Gateway, old: u32, next: &str) -> (Successor, Instant) {
         pid,
         _guard: KillOnDrop(pid),
     };
-    let second = async {
-        loop {
-            if hand_over_events(gw, mark, old).len() >= 2 {
-                return Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let ready = timeout(READY_TIMEOUT, second).await.unwrap_or_else(|_| {
-        panic!(
-            "no `hand_over` event from the new process {pid}\n{}",
-            gw.stderr_text()
-        )
-    });
+    // The new process's event is the one without the old one's `sockets` count.
+    let what = format!("`hand_over` from the new process {pid}");
+    gw.wait_log_after(mark, &what, READY_TIMEOUT, |e| {
+        is_event(e, "hand_over")
+            && e["old_pid"].as_u64() == Some(u64::from(old))
+            && e.get("sockets").is_none()
+    })
+    .await;
+    let ready = Instant::now();
     let events = hand_over_events(gw, mark, old);
     assert!(
         events
